@@ -85,3 +85,27 @@ def test_selection_uses_validation_accuracy_only():
     assert sorted((c["seed"], c["chosen"], c["final_test_acc"]) for c in chosen) == [(0, "st", 0.1), (1, "st-retry", 0.4)]
     md = markdown_tables(results, {"st-val": ["st", "st-retry"]})
     assert "st-val" in md and "sp: st, st-retry" in md
+
+
+def test_workers_pass_over_claimed_cells_and_take_over_stale_claims(tiny_fashion, tmp_path):
+    import os
+    import socket
+
+    from st_fast.bench.runner import Claim, matches
+
+    assert matches("sp-r1-small-resnet-st-s0", "-nt-s,-st-s") and not matches("sp-r1-x-st-cg-s0", "-st-s")
+    assert matches("anything", None) and matches("a-b", ["z", "b"])
+    cfg = parse_config(_raw(tiny_fashion))
+    out = tmp_path / "bench"
+    # a live worker (this process's parent) holds one clean cell; a dead one held the other
+    (out / "cells").mkdir(parents=True)
+    (out / "cells" / "clean-small-resnet-nt-s0.claim").write_text(f"{socket.gethostname()} {os.getppid()}\n")
+    dead = 2**22 + 12345  # above the default pid_max: no such process
+    (out / "cells" / "clean-small-resnet-st-s0.claim").write_text(f"{socket.gethostname()} {dead}\n")
+    results = run_bench(cfg, out, device="cpu", only="clean")
+    assert [r["defence"] for r in results] == ["st"]  # the stale claim was taken over, the live one left
+    assert not (out / "cells" / "clean-small-resnet-st-s0.claim").exists()  # released when done
+    claim = Claim(out / "poisons" / "sp.pt")
+    assert claim.acquire() and not Claim(out / "poisons" / "sp.pt").acquire()
+    claim.release()
+    assert Claim(out / "poisons" / "sp.pt").acquire()
