@@ -59,6 +59,7 @@ def test_resume_half_finished_matrix_and_report(tiny_fashion, tmp_path):
     md = (out / "results.md").read_text()
     assert "| sp |" in md and "| nt | st |" in md
     assert (out / "plots" / "final-accuracy.png").exists()
+    assert (out / "plots" / "checks-sp.png").exists()  # ACM per check, rollbacks marked
     # report rebuilds the same table from the cells alone
     (out / "results.md").unlink()
     assert main(["report", str(out)]) == 0

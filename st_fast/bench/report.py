@@ -122,6 +122,7 @@ def write_reports(results: list[dict], out: str | Path, select: dict | None = No
     atomic_write_text(out / "results.csv", results_csv(results))
     atomic_write_text(out / "results.md", markdown_tables(results, select))
     plot_results(results, out / "plots")
+    plot_checks(results, out, select or {})
 
 
 def plot_results(results: list[dict], plot_dir: Path) -> None:
@@ -168,3 +169,37 @@ def plot_results(results: list[dict], plot_dir: Path) -> None:
     fig.colorbar(im, ax=ax, label="final clean test accuracy")
     ax.set_title("final clean test accuracy (mean over seeds)")
     _save(fig, plot_dir / "final-accuracy.png")
+
+
+def plot_checks(results: list[dict], bench_dir: Path, select: dict[str, list[str]],
+                shown: tuple[str, ...] = ("nt", "st")) -> None:
+    """Per attack, the lowest seed: ACM per check and test accuracy per epoch, rollbacks marked,
+    of ``shown`` defences and of each validation-selected one (labelled with the variant chosen).
+    Reads each cell's history.json / checks.csv; cells without them are left out."""
+    import csv
+
+    from ..plots import plot_run_comparison
+
+    def load(r: dict):
+        cell = bench_dir / "cells" / r["cell"]
+        if not (cell / "history.json").exists() or not (cell / "checks.csv").exists():
+            return None
+        with open(cell / "checks.csv", newline="") as f:
+            checks = [{"epoch": int(c["epoch"]), "step": int(c["step"]), "acm": float(c["acm"]),
+                       "accepted": c["accepted"] == "True"} for c in csv.DictReader(f)]
+        return json.loads((cell / "history.json").read_text()), checks
+
+    chosen = select_by_validation(results, select)
+    for attack in dict.fromkeys(r["attack"] for r in results):
+        rs = [r for r in results + chosen if r["attack"] == attack]
+        seed = min(r["seed"] for r in rs)
+        runs = {}
+        for r in rs:
+            if r["seed"] == seed and (r["defence"] in shown or "chosen" in r):
+                label = f"{r['defence']} = {r['chosen']}" if "chosen" in r else r["defence"]
+                loaded = load(r)
+                if loaded and loaded[1]:
+                    runs[label] = loaded
+        if runs:
+            plot_run_comparison(runs, bench_dir / "plots" / f"checks-{attack}.png",
+                                title=f"training data: {attack} (seed {seed}); red x: rolled back / rejected")
