@@ -234,31 +234,39 @@ class Trainer:
     def after_steps(self) -> None:
         """Hook run after a block of optimizer steps."""
 
+    @property
+    def inference_batch_size(self) -> int:
+        # On the CPU, batches of 1000 spill the caches: 128 evaluated the ACM subset 2x faster
+        # (small-resnet, 28 px, one thread: 1.1 s -> 0.5 s). The GPU wants large batches.
+        return 1000 if self.device.type == "cuda" else 128
+
+    def _inference_input(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.device).float().div_(255)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
     @torch.no_grad()
-    def evaluate(self, dataset: ImageDataset | None = None, batch_size: int = 1000) -> float:
+    def evaluate(self, dataset: ImageDataset | None = None, batch_size: int | None = None) -> float:
         dataset = dataset or self.test_set
         if dataset is None:
             return float("nan")
         self.model.eval()
+        batch_size = batch_size or self.inference_batch_size
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         for i in range(0, len(dataset), batch_size):
-            x = dataset.images[i:i + batch_size].to(self.device).float().div_(255)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
             with self.autocast():
-                pred = self.model(x).argmax(1)
+                pred = self.model(self._inference_input(dataset.images[i:i + batch_size])).argmax(1)
             correct += (pred == dataset.labels[i:i + batch_size].to(self.device)).sum()
         return float(correct) / len(dataset)
 
     @torch.no_grad()
-    def features(self, images: torch.Tensor, batch_size: int = 1000, unit: int = -1) -> torch.Tensor:
+    def features(self, images: torch.Tensor, batch_size: int | None = None, unit: int = -1) -> torch.Tensor:
         """Activations (float32) of ``unit`` (default: penultimate) for uint8 images, eval mode."""
         self.model.eval()
+        batch_size = batch_size or self.inference_batch_size
         outs = []
         for i in range(0, len(images), batch_size):
-            x = images[i:i + batch_size].to(self.device).float().div_(255)
             with self.autocast():
-                outs.append(self.model.unit_output(x, unit).float())
+                outs.append(self.model.unit_output(self._inference_input(images[i:i + batch_size]), unit).float())
         return torch.cat(outs)
 
     # ------------------------------------------------------------------ state

@@ -72,3 +72,11 @@ def test_features_shape(tmp_path):
     t = _trainer(tmp_path)
     f = t.features(torch.randint(0, 255, (10, 1, 16, 16), dtype=torch.uint8))
     assert f.shape == (10, 128) and f.dtype == torch.float32
+
+
+def test_inference_does_not_depend_on_batch_size(tmp_path):
+    t = _trainer(tmp_path)
+    images = torch.randint(0, 255, (300, 1, 16, 16), dtype=torch.uint8)
+    assert t.inference_batch_size == 128  # CPU: cache-sized batches (see Trainer)
+    torch.testing.assert_close(t.features(images), t.features(images, batch_size=1000), atol=1e-5, rtol=1e-4)
+    assert t.evaluate() == t.evaluate(batch_size=7)
