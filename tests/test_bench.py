@@ -110,3 +110,17 @@ def test_workers_pass_over_claimed_cells_and_take_over_stale_claims(tiny_fashion
     assert claim.acquire() and not Claim(out / "poisons" / "sp.pt").acquire()
     claim.release()
     assert Claim(out / "poisons" / "sp.pt").acquire()
+
+
+def test_paired_differences_pair_runs_by_seed(capsys, tmp_path):
+    from st_fast.bench.report import paired_differences
+
+    def r(defence, seed, acc):
+        return {"attack": "sp", "arch": "a", "ratio": 1.0, "seed": seed, "defence": defence, "final_test_acc": acc}
+
+    rows = [r("st", 0, 0.80), r("st", 1, 0.60), r("nt", 0, 0.70), r("nt", 1, 0.60), r("nt", 2, 0.1)]
+    md = paired_differences(rows, [("st", "nt"), ("nt", "st")])
+    assert "| st − nt | +5.0 ± 7.1 (1/1/0) |" in md  # seed 2 has no st run: left out
+    assert "| nt − st | -5.0 ± 7.1 (0/1/1) |" in md
+    assert main(["report", str(tmp_path), "--paired", "st-nt"]) == 2
+    assert "--paired wants two defence names as A:B" in capsys.readouterr().err

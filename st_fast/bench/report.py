@@ -100,13 +100,38 @@ def markdown_tables(results: list[dict], select: dict | None = None) -> str:
     return "\n".join(out)
 
 
+def paired_differences(results: list[dict], pairs: list[tuple[str, str]], select: dict | None = None) -> str:
+    """Markdown: for each pair (A, B) and attack, final accuracy of A minus B in points, paired
+    by seed (same poison, same initialisation): mean ± std, how many seeds A won / tied / lost."""
+    results = results + select_by_validation(results, select or {})
+    final = {(r["attack"], r["defence"], r["seed"], r["arch"], r["ratio"]): r["final_test_acc"] for r in results}
+    attacks = list(dict.fromkeys(r["attack"] for r in results))
+    lines = ["Paired differences (final clean test accuracy, points; same attack, seed, arch, ratio):\n",
+             "| A − B | " + " | ".join(attacks) + " |", "|---|" + "---|" * len(attacks)]
+    for a, b in pairs:
+        row = []
+        for attack in attacks:
+            d = [100 * (final[k] - final[(attack, b, *k[2:])]) for k in final
+                 if k[0] == attack and k[1] == a and (attack, b, *k[2:]) in final]
+            if not d:
+                row.append("–")
+                continue
+            spread = f" ± {statistics.stdev(d):.1f}" if len(d) > 1 else ""
+            won, tied = sum(x > 0.05 for x in d), sum(abs(x) <= 0.05 for x in d)
+            mean = round(statistics.fmean(d), 1) + 0.0  # no "-0.0"
+            row.append(f"{mean:+.1f}{spread} ({won}/{tied}/{len(d) - won - tied})")
+        lines.append(f"| {a} − {b} | " + " | ".join(row) + " |")
+    return "\n".join(lines + ["", "In brackets: seeds where A won / tied (within 0.05) / lost.", ""])
+
+
 def results_csv(results: list[dict]) -> str:
     from ..trainer import rows_to_csv
 
     return rows_to_csv([{k: v for k, v in r.items() if k != "test_acc_curve"} for r in results])
 
 
-def write_reports(results: list[dict], out: str | Path, select: dict | None = None) -> None:
+def write_reports(results: list[dict], out: str | Path, select: dict | None = None,
+                  pairs: list[tuple[str, str]] | None = None) -> None:
     out = Path(out)
     if (out / "bench.yaml").exists():  # a bench dir: its config gives the selections and the order
         import yaml
@@ -120,7 +145,10 @@ def write_reports(results: list[dict], out: str | Path, select: dict | None = No
     if not results:
         return
     atomic_write_text(out / "results.csv", results_csv(results))
-    atomic_write_text(out / "results.md", markdown_tables(results, select))
+    md = markdown_tables(results, select)
+    if pairs:
+        md += "\n" + paired_differences(results, pairs, select)
+    atomic_write_text(out / "results.md", md)
     plot_results(results, out / "plots")
     plot_checks(results, out, select or {})
 

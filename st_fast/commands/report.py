@@ -12,6 +12,9 @@ def add_parser(sub) -> None:
                                    "directories and writes results.md/.csv/.jsonl and plots/.")
     p.add_argument("run_dirs", nargs="+", help="bench output directories or cell directories")
     p.add_argument("--out", default=None, help="where to write (default: the first directory)")
+    p.add_argument("--paired", action="append", default=[], metavar="A:B",
+                   help="add a table of A's final accuracy minus B's, paired by seed, per attack "
+                        "(repeatable; e.g. --paired st-full:nt-cg-ft)")
     p.set_defaults(func=run)
 
 
@@ -19,10 +22,16 @@ def run(args: argparse.Namespace) -> int:
     from ..bench import collect_results, write_reports
     from ..errors import UserError
 
+    pairs = []
+    for spec in args.paired:
+        a, sep, b = spec.partition(":")
+        if not (sep and a and b):
+            raise UserError(f"--paired wants two defence names as A:B, got {spec!r}")
+        pairs.append((a, b))
     results = collect_results(args.run_dirs)
     if not results:
         raise UserError(f"no finished cells (result.json) under {', '.join(args.run_dirs)}")
     out = Path(args.out or args.run_dirs[0])
-    write_reports(results, out)
+    write_reports(results, out, pairs=pairs)
     print((out / "results.md").read_text())
     return 0
