@@ -6,11 +6,13 @@ torchvision.transforms.v2 ``RandomApply([ColorJitter], p=0.8)`` + ``RandomGraysc
 called on each image of the batch.
 
     python -m pytest benchmarks/bench_augment.py -o python_files='bench_*.py' --benchmark-only
-    python benchmarks/bench_augment.py [--rounds 7] [--write benchmarks/results/augment_cpu.md]
+    python benchmarks/bench_augment.py [--rounds 7] [--threads 1,2] [--write benchmarks/results/augment_cpu.md]
 
 The script form interleaves the candidates round by round (so load from other processes hits
-all of them alike), reports the median images/s and the ratio to the baseline measured in the
-same run.
+all of them alike), reports the median wall and process CPU time per batch and the ratios to
+the baseline measured in the same rounds, once per torch thread count in ``--threads``. On a
+shared machine the CPU-time ratio is the steadier figure: wall time also counts the time the
+process waits for a core.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import argparse
 import datetime
 import os
 import platform
+import shlex
 import statistics
 import subprocess
+import sys
 import time
 
 import pytest
@@ -55,7 +59,7 @@ def candidates(device=DEVICE) -> dict:
         BASELINE: (torchvision_per_image(), x_float),
         "ColorGray torchvision (functional per image)": (ColorGray(backend="torchvision"), x_float),
     }
-    for backend in ("torch", "triton", "dali"):
+    for backend in ("torch", "cpp", "triton", "dali"):
         if status[backend] != "ok":
             continue
         cands[f"ColorGray {backend} float32"] = (ColorGray(backend=backend), x_float)
@@ -109,7 +113,23 @@ def machine() -> str:
         )
     except (OSError, StopIteration):
         model = platform.processor() or "unknown CPU"
-    return f"{model}, {torch.get_num_threads()} torch threads"
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def _versions() -> str:
+    import torchvision
+    import triton
+
+    try:
+        cxx = os.environ.get("CXX", "c++")
+        compiler = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+        compiler = compiler.splitlines()[0]
+    except (OSError, IndexError):
+        compiler = "no C++ compiler"
+    return (
+        f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
+        f"triton {triton.__version__}, python {platform.python_version()}, {compiler}"
+    )
 
 
 def _load() -> str:
@@ -119,36 +139,52 @@ def _load() -> str:
         return "unknown"
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--write", help="write the markdown report here")
-    args = parser.parse_args(argv)
-    wall, cpu = interleaved(CANDIDATES, args.rounds)
-    base = statistics.median(wall[BASELINE])
-    base_cpu = statistics.median(cpu[BASELINE])
-    import triton
-
+def table(wall: dict, cpu: dict) -> list[str]:
+    base, base_cpu = statistics.median(wall[BASELINE]), statistics.median(cpu[BASELINE])
     lines = [
-        "# CG augmentation throughput",
-        "",
-        f"- machine: {machine()}",
-        f"- torch {torch.__version__}, triton {triton.__version__}, device {DEVICE}",
-        f"- date: {datetime.date.today().isoformat()}",
-        f"- workload: {BATCH} images 3x{SIZE}x{SIZE}, ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.8 + grayscale p=0.2",
-        f"- {args.rounds} interleaved rounds, medians; CPU ms = process CPU time of all threads",
-        f"- load average when the run ended: {_load()}",
-        "- command: `python benchmarks/bench_augment.py --write benchmarks/results/augment_cpu.md`",
-        "",
-        "| candidate | wall ms / batch | images/s | x baseline (wall) | CPU ms / batch | x baseline (CPU) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| candidate | wall ms / batch | images/s (wall) | x baseline (wall) "
+        "| CPU ms / batch | images/s per CPU second | x baseline (CPU) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name in wall:
         med, med_cpu = statistics.median(wall[name]), statistics.median(cpu[name])
         lines.append(
             f"| {name} | {med * 1e3:.1f} | {BATCH / med:,.0f} | {base / med:.1f} "
-            f"| {med_cpu * 1e3:.1f} | {base_cpu / med_cpu:.1f} |"
+            f"| {med_cpu * 1e3:.1f} | {BATCH / med_cpu:,.0f} | {base_cpu / med_cpu:.1f} |"
         )
+    return lines
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--threads", default=str(torch.get_num_threads()),
+                        help="comma-separated torch thread counts, one table each")  # fmt: skip
+    parser.add_argument("--write", help="write the markdown report here")
+    args = parser.parse_args(argv)
+    threads = [int(t) for t in args.threads.split(",")]
+    start = datetime.datetime.now().isoformat(timespec="minutes")
+    lines = [
+        "# CG augmentation throughput",
+        "",
+        f"- machine: {machine()}, device {DEVICE}",
+        f"- {_versions()}",
+        f"- date: {start}",
+        f"- workload: {BATCH} images 3x{SIZE}x{SIZE}, ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.8 + grayscale p=0.2",
+        f"- {args.rounds} interleaved rounds per table, medians; CPU ms = process CPU time of all threads",
+        f"- load average at the start: {_load()}",
+        f"- OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
+        "- command: `" + shlex.join(["python", *sys.argv]) + "`",
+    ]
+    for n in threads:
+        torch.set_num_threads(n)
+        wall, cpu = interleaved(CANDIDATES, args.rounds)
+        lines += [
+            "",
+            f"## {n} torch thread{'s' if n > 1 else ''} (load average after: {_load()})",
+            "",
+        ]
+        lines += table(wall, cpu)
     report = "\n".join(lines) + "\n"
     print(report)
     if args.write:

@@ -10,7 +10,7 @@ from st_fast.kernels.color_gray import BRIGHTNESS, CONTRAST, HUE, NOOP, SATURATI
 from torchvision.transforms.v2 import functional as F
 
 from st_fast.augment import ColorGray, available_backends
-from st_fast.augment.color_gray import CGParams, color_gray_torchvision
+from st_fast.augment.color_gray import CGParams, color_gray_torchvision, cpp_status
 from st_fast.errors import UserError
 
 TOL = {torch.float32: 1.0 / 255, torch.uint8: 1}
@@ -106,7 +106,7 @@ def test_call_keeps_dtype_device_shape_and_does_not_touch_input():
     y = cg(x)
     assert y.dtype == x.dtype and y.shape == x.shape and y.device == x.device
     assert torch.equal(x, before)
-    assert cg.backend == "torch"
+    assert cg.backend == ("cpp" if cpp_status() == "ok" else "torch")
     assert ColorGray(seed=0)(_images(4, 3, torch.uint8)).dtype == torch.uint8
 
 
@@ -181,12 +181,14 @@ def test_reference_backend_is_plain_torchvision():
     assert torch.equal(color_gray_torchvision(x, params), expected)
 
 
-def test_backends_report_and_auto_picks_torch_on_cpu():
+def test_backends_report_and_auto_picks_cpp_or_torch_on_cpu():
     status = available_backends("cpu")
-    assert set(status) == {"torch", "triton", "dali", "torchvision"}
+    assert set(status) == {"torch", "triton", "cpp", "dali", "torchvision"}
     assert status["torch"] == "ok"
     cg = ColorGray(backend="auto")
     cg(_images(2, 3, torch.float32))
+    assert cg.backend == ("cpp" if status["cpp"] == "ok" else "torch")
+    cg(_images(2, 3, torch.float32).double())  # the C++ kernel covers uint8 and float32
     assert cg.backend == "torch"
 
 

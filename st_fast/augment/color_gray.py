@@ -15,9 +15,12 @@ Backends (``available_backends()`` says which can run here, and why not):
 
 * ``"torch"``       batched tensor ops (kernels/color_gray.py reference), any device;
 * ``"triton"``      one fused kernel for the whole batch, CUDA tensors (CPU under TRITON_INTERPRET=1);
+* ``"cpp"``         a fused C++ kernel for CPU tensors (csrc/color_gray.cpp), uint8 and float32
+                    (other dtypes run the torch backend); built once on first use;
 * ``"dali"``        a DALI pipeline (GPU operators on CUDA tensors, CPU operators otherwise);
 * ``"torchvision"`` per image through torchvision.transforms.v2.functional: the reference;
-* ``"auto"``        triton on CUDA when triton imports, torch otherwise; ``cg.backend`` says which ran.
+* ``"auto"``        triton on CUDA when triton imports; cpp on the CPU when it builds, for uint8 and
+                    float32; torch otherwise. ``cg.backend`` says which ran.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from dataclasses import dataclass
 
 import torch
 
+from st_fast.csrc import SOURCE_DIR
+from st_fast.csrc.build import ExtensionUnavailable, OnDemandExtension
 from st_fast.errors import UserError
 from st_fast.kernels import TRITON_AVAILABLE, triton_usable
 from st_fast.kernels.color_gray import (
@@ -44,7 +49,7 @@ from st_fast.kernels.color_gray import (
     color_gray_triton,
 )
 
-BACKENDS = ("torch", "triton", "dali", "torchvision")
+BACKENDS = ("torch", "triton", "cpp", "dali", "torchvision")
 # Uniform draws per image: jitter coin, 4 factors, gray coin, 4 permutation keys.
 _DRAWS_PER_IMAGE = 10
 
@@ -97,6 +102,34 @@ def _probability(p, name: str) -> float:
     return float(p)
 
 
+# The "cpp" backend. -ffp-contract=off: torchvision rounds ``a * b + c`` twice except in its
+# add_(alpha=...) (an fma), and the kernel writes those fmas out; -fno-trapping-math lets gcc
+# evaluate both sides of a select, so the per-pixel loops vectorise (no value changes).
+_CPP_EXTENSION = OnDemandExtension(
+    "st_fast_color_gray",
+    (SOURCE_DIR / "color_gray.cpp",),
+    "the C++ CG kernel",
+    extra_cflags=["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno"],
+    is_python_module=False,  # registers torch.ops.st_fast_cg.color_gray
+)
+CPP_DTYPES = (torch.uint8, torch.float32)
+_cpp_fallback_warned = False
+
+
+def cpp_status() -> str:
+    """Return "ok" or why the C++ kernel cannot run; builds or loads it on the first call.
+
+    The first build on a machine takes ~20-40 s (two cores); it is kept in torch's extension
+    directory, and later processes only check and load it (about a second). A failure is
+    remembered for the process, so it costs one attempt.
+    """
+    try:
+        _CPP_EXTENSION.load()
+    except ExtensionUnavailable as exc:
+        return str(exc)
+    return "ok"
+
+
 @functools.lru_cache(maxsize=1)
 def dali_status() -> tuple[bool, str]:
     """Detected once: can DALI be imported? (ok, reason)."""
@@ -110,18 +143,25 @@ def dali_status() -> tuple[bool, str]:
     return True, "ok"
 
 
+def backend_status(name: str, device: str | torch.device = "cpu") -> str:
+    """Return "ok" or the reason backend ``name`` cannot run on ``device`` (probes only it)."""
+    device = torch.device(device)
+    if name == "triton":
+        if not TRITON_AVAILABLE:
+            return "triton is not installed"
+        if not triton_usable(device):
+            return "needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tests)"
+        return "ok"
+    if name == "cpp":
+        return cpp_status() if device.type == "cpu" else "needs CPU tensors"
+    if name == "dali":
+        return dali_status()[1]
+    return "ok"  # torch, torchvision
+
+
 def available_backends(device: str | torch.device = "cpu") -> dict[str, str]:
     """Backend name -> "ok" or the reason it cannot run on ``device`` here."""
-    device = torch.device(device)
-    status = {"torch": "ok", "torchvision": "ok"}
-    if not TRITON_AVAILABLE:
-        status["triton"] = "triton is not installed"
-    elif not triton_usable(device):
-        status["triton"] = "needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tests)"
-    else:
-        status["triton"] = "ok"
-    status["dali"] = dali_status()[1]
-    return status
+    return {name: backend_status(name, device) for name in BACKENDS}
 
 
 class ColorGray:
@@ -211,6 +251,8 @@ class ColorGray:
         if len(params) != x.shape[0]:
             raise UserError(f"ColorGray: {len(params)} parameter sets for {x.shape[0]} images")
         name = self._resolve_backend(backend or self.requested_backend, x.device)
+        if name == "cpp" and x.dtype not in CPP_DTYPES:
+            name = "torch"  # the kernel covers uint8 and float32; float64 etc. take the torch path
         self.backend = name
         params = params.for_channels(x.shape[1])
         if x.shape[0] == 0:
@@ -227,6 +269,8 @@ class ColorGray:
                 )
                 self._triton_failed = True
                 self.backend = name = "torch"
+        if name == "cpp":
+            return color_gray_cpp(x, params)
         if name == "torch":
             return color_gray_torch_batched(x, params)
         if name == "dali":
@@ -239,9 +283,12 @@ class ColorGray:
 
     def _resolve_backend(self, name: str, device: torch.device) -> str:
         if name == "auto":
-            use_triton = device.type == "cuda" and TRITON_AVAILABLE and not self._triton_failed
-            return "triton" if use_triton else "torch"
-        status = available_backends(device)[name]
+            if device.type == "cuda" and TRITON_AVAILABLE and not self._triton_failed:
+                return "triton"
+            if device.type == "cpu" and _cpp_usable():
+                return "cpp"
+            return "torch"
+        status = backend_status(name, device)
         if status != "ok":
             raise UserError(
                 f"ColorGray backend {name!r} cannot run here: {status}; use backend='auto'"
@@ -294,6 +341,26 @@ def color_gray_torch_batched(x: torch.Tensor, params: CGParams) -> torch.Tensor:
         for a, b in itertools.pairwise(bounds)
     ]
     return torch.cat([f.result() for f in futures])
+
+
+def _cpp_usable() -> bool:
+    """For "auto": can the C++ kernel run? If not, say why once per process."""
+    global _cpp_fallback_warned
+    status = cpp_status()
+    if status != "ok" and not _cpp_fallback_warned:
+        _cpp_fallback_warned = True
+        warnings.warn(f"ColorGray: {status}; using the torch backend on the CPU", stacklevel=4)
+    return status == "ok"
+
+
+def color_gray_cpp(x: torch.Tensor, params: CGParams) -> torch.Tensor:
+    """The "cpp" backend: one fused pass chain per image (csrc/color_gray_kernel.h).
+
+    uint8 results equal the torch backend's bit for bit; float32 ones can differ by about 1e-6
+    where contrast runs (its mean is summed in double, torch sums in float32).
+    """
+    _CPP_EXTENSION.load()
+    return torch.ops.st_fast_cg.color_gray(x, params.factors, params.order, params.gray)
 
 
 def color_gray_torchvision(x: torch.Tensor, params: CGParams) -> torch.Tensor:

@@ -5,6 +5,7 @@ torch.utils.cpp_extension.load the first time it is called (about a minute; ninj
 build afterwards), caches the module for the process, and raises ``ExtensionUnavailable`` with
 the reason when it cannot: no CUDA build of torch, no GPU, no CUDA toolkit, no C++ compiler or
 ninja, or a failed compile (remembered, so a broken toolchain costs one attempt per process).
+The build-once machinery is st_fast.csrc.build, shared with the other csrc/ extensions.
 
 Build directory: $ST_FAST_EXTENSION_DIR, else torch's default ($TORCH_EXTENSIONS_DIR or
 ~/.cache/torch_extensions).
@@ -15,24 +16,28 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import threading
 from pathlib import Path
 
 import torch
 
 from st_fast.csrc import SOURCE_DIR
+from st_fast.csrc.build import ExtensionUnavailable, OnDemandExtension, toolchain_problem
 
 EXTENSION_NAME = "st_fast_fused_sgd"
 SOURCES = (SOURCE_DIR / "fused_sgd.cpp", SOURCE_DIR / "fused_sgd_kernel.cu")
 
+# ExtensionUnavailable is re-exported: FusedSGD catches it from here.
+__all__ = [
+    "ExtensionUnavailable",
+    "find_cuda_home",
+    "find_nvcc",
+    "load_extension",
+    "unavailable_reason",
+]
 
-class ExtensionUnavailable(RuntimeError):
-    """The CUDA extension cannot be built or loaded here; the message says why."""
-
-
-_lock = threading.Lock()
-_module = None
-_failure: str | None = None
+_extension = OnDemandExtension(
+    EXTENSION_NAME, SOURCES, "CUDA extension", extra_cflags=["-O3"], extra_cuda_cflags=["-O3"]
+)
 
 
 def _is_cuda_home(path: str | os.PathLike | None) -> bool:
@@ -71,21 +76,23 @@ def find_nvcc() -> Path | None:
 
 def unavailable_reason(require_gpu: bool = True) -> str | None:
     """Why the extension cannot be built (or used, with ``require_gpu``) here; None if it can."""
-    if _failure is not None:
-        return _failure
+    if _extension.failure is not None:
+        return _extension.failure
     if torch.version.cuda is None:
         return "this torch build has no CUDA support"
     if require_gpu and not torch.cuda.is_available():
         return "no CUDA GPU is visible"
     if find_cuda_home() is None:
         return "no CUDA toolkit found (nvcc and headers); install one or set CUDA_HOME"
-    if not (shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")):
-        return "no C++ compiler found (c++ / g++); install one or set CXX"
+    return toolchain_problem()
+
+
+def _point_torch_at_cuda_home() -> None:
     from torch.utils import cpp_extension
 
-    if not cpp_extension.is_ninja_available():
-        return "ninja is not installed (pip install ninja), torch needs it to build extensions"
-    return None
+    if not _is_cuda_home(getattr(cpp_extension, "CUDA_HOME", None)):
+        # torch fixed its guess at import time; point it at the real toolkit.
+        cpp_extension.CUDA_HOME = str(find_cuda_home())
 
 
 def load_extension(verbose: bool = False, require_gpu: bool = True):
@@ -94,33 +101,8 @@ def load_extension(verbose: bool = False, require_gpu: bool = True):
     ``require_gpu=False`` builds without a GPU (set TORCH_CUDA_ARCH_LIST then); the module
     imports, but its kernels need CUDA tensors.
     """
-    global _module, _failure
-    with _lock:
-        if _module is not None:
-            return _module
-        reason = unavailable_reason(require_gpu=require_gpu)
-        if reason is not None:
-            raise ExtensionUnavailable(f"CUDA extension unavailable: {reason}")
-        from torch.utils import cpp_extension
-
-        cuda_home = find_cuda_home()
-        if not _is_cuda_home(getattr(cpp_extension, "CUDA_HOME", None)):
-            # torch fixed its guess at import time; point it at the real toolkit.
-            cpp_extension.CUDA_HOME = str(cuda_home)
-        build_dir = os.environ.get("ST_FAST_EXTENSION_DIR")
-        if build_dir:
-            Path(build_dir).mkdir(parents=True, exist_ok=True)
-        try:
-            _module = cpp_extension.load(
-                name=EXTENSION_NAME,
-                sources=[str(s) for s in SOURCES],
-                build_directory=build_dir,
-                extra_cflags=["-O3"],
-                extra_cuda_cflags=["-O3"],
-                verbose=verbose,
-            )
-        except Exception as exc:  # compiler errors arrive as RuntimeError / CalledProcessError
-            lines = str(exc).strip().splitlines()
-            _failure = "building csrc/ failed: " + (lines[-1] if lines else type(exc).__name__)
-            raise ExtensionUnavailable(f"CUDA extension unavailable: {_failure}") from exc
-        return _module
+    return _extension.load(
+        verbose=verbose,
+        check=lambda: unavailable_reason(require_gpu=require_gpu),
+        prepare=_point_torch_at_cuda_home,
+    )

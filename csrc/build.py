@@ -1,0 +1,104 @@
+"""Build csrc/ extensions on demand with torch.utils.cpp_extension, once per process.
+
+``OnDemandExtension(...).load()`` compiles the sources the first time it is called in a
+process, caches the module, and raises ``ExtensionUnavailable`` with the reason when it cannot:
+no C++ compiler or ninja, a failed check of the caller's (e.g. no CUDA toolkit), or a failed
+compile (remembered, so a broken toolchain costs one attempt per process). ninja keeps the
+build in the build directory, so later processes only check it (about a second) and import it.
+
+Build directory: $ST_FAST_EXTENSION_DIR, else torch's default ($TORCH_EXTENSIONS_DIR or
+~/.cache/torch_extensions/<python>_<cuda>/<name>).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+
+class ExtensionUnavailable(RuntimeError):
+    """An extension cannot be built or loaded here; the message says why."""
+
+
+def toolchain_problem() -> str | None:
+    """Why torch cannot build a C++ extension here (compiler, ninja); None if it can."""
+    if not (shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")):
+        return "no C++ compiler found (c++ / g++); install one or set CXX"
+    from torch.utils import cpp_extension
+
+    if not cpp_extension.is_ninja_available():
+        return "ninja is not installed (pip install ninja), torch needs it to build extensions"
+    return None
+
+
+class OnDemandExtension:
+    """One csrc/ extension: built and loaded on the first ``load()``, then cached."""
+
+    def __init__(
+        self,
+        name: str,
+        sources: Sequence[Path],
+        label: str,
+        extra_cflags: Sequence[str] = ("-O3",),
+        extra_cuda_cflags: Sequence[str] = (),
+        is_python_module: bool = True,
+    ):
+        self.name = name
+        self.sources = tuple(sources)
+        self.label = label  # the start of every ExtensionUnavailable message
+        self.extra_cflags = list(extra_cflags)
+        self.extra_cuda_cflags = list(extra_cuda_cflags)
+        self.is_python_module = is_python_module
+        self.module = None  # the module (or, without a Python module, the library's path)
+        self.failure: str | None = None  # why the last build failed, remembered
+        self.load_seconds: float | None = None  # how long the build / check + import took
+        self._lock = threading.Lock()
+
+    def load(
+        self,
+        verbose: bool = False,
+        check: Callable[[], str | None] | None = None,
+        prepare: Callable[[], None] | None = None,
+    ):
+        """Build (first call) and import; raise ExtensionUnavailable with the reason.
+
+        ``check`` returns why the build cannot happen here (None: it can); it runs after the
+        remembered failure and before the toolchain checks. ``prepare`` runs just before the
+        build (e.g. to point torch at a CUDA toolkit).
+        """
+        with self._lock:
+            if self.module is not None:
+                return self.module
+            reason = self.failure or (check() if check else None) or toolchain_problem()
+            if reason is not None:
+                raise ExtensionUnavailable(f"{self.label} unavailable: {reason}")
+            if prepare is not None:
+                prepare()
+            from torch.utils import cpp_extension
+
+            build_dir = os.environ.get("ST_FAST_EXTENSION_DIR")
+            if build_dir:
+                Path(build_dir).mkdir(parents=True, exist_ok=True)
+            start = time.perf_counter()
+            try:
+                self.module = cpp_extension.load(
+                    name=self.name,
+                    sources=[str(s) for s in self.sources],
+                    build_directory=build_dir,
+                    extra_cflags=self.extra_cflags,
+                    extra_cuda_cflags=self.extra_cuda_cflags or None,
+                    is_python_module=self.is_python_module,
+                    verbose=verbose,
+                )
+            except Exception as exc:  # compiler errors arrive as RuntimeError / CalledProcessError
+                lines = str(exc).strip().splitlines()
+                self.failure = "building csrc/ failed: " + (
+                    lines[-1] if lines else type(exc).__name__
+                )
+                raise ExtensionUnavailable(f"{self.label} unavailable: {self.failure}") from exc
+            self.load_seconds = time.perf_counter() - start
+            return self.module
