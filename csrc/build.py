@@ -45,6 +45,7 @@ class OnDemandExtension:
         label: str,
         extra_cflags: Sequence[str] = ("-O3",),
         extra_cuda_cflags: Sequence[str] = (),
+        extra_ldflags: Sequence[str] = (),
         is_python_module: bool = True,
     ):
         self.name = name
@@ -52,6 +53,7 @@ class OnDemandExtension:
         self.label = label  # the start of every ExtensionUnavailable message
         self.extra_cflags = list(extra_cflags)
         self.extra_cuda_cflags = list(extra_cuda_cflags)
+        self.extra_ldflags = list(extra_ldflags)
         self.is_python_module = is_python_module
         self.module = None  # the module (or, without a Python module, the library's path)
         self.failure: str | None = None  # why the last build failed, remembered
@@ -91,6 +93,7 @@ class OnDemandExtension:
                     build_directory=build_dir,
                     extra_cflags=self.extra_cflags,
                     extra_cuda_cflags=self.extra_cuda_cflags or None,
+                    extra_ldflags=self.extra_ldflags or None,
                     is_python_module=self.is_python_module,
                     verbose=verbose,
                 )

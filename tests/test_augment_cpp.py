@@ -8,6 +8,10 @@ fails, the comparisons skip with the reason and the fallback tests still run.
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -97,7 +101,8 @@ def test_sampled_params_match_reference(cpp, size, channels, dtype):
 
 
 def test_non_contiguous_input_and_thread_count_do_not_change_the_result(cpp):
-    x = _images(70, 3, torch.uint8, size=(12, 10))
+    # 70 images of 3x32x32: chunks of >= 32k values, so up to 7 chunks over the threads
+    x = _images(70, 3, torch.uint8, size=(32, 32))
     params = ColorGray(p_jitter=1.0, p_gray=0.5, seed=4).sample_params(70)
     expected = color_gray_cpp(x.contiguous(), params)
     channels_last = x.contiguous(memory_format=torch.channels_last)
@@ -112,6 +117,27 @@ def test_non_contiguous_input_and_thread_count_do_not_change_the_result(cpp):
             assert torch.equal(color_gray_cpp(x, params), expected), n
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_kernel_runs_on_torch_intra_op_threads(cpp):
+    # at::parallel_for is a header template: built without -fopenmp it is a serial loop.
+    script = textwrap.dedent(
+        """
+        import os, torch
+        from st_fast.augment.color_gray import ColorGray, color_gray_cpp
+        torch.set_num_threads(2)
+        x = torch.rand(64, 3, 32, 32)
+        color_gray_cpp(x, ColorGray(seed=0).sample_params(64))
+        print(len(os.listdir("/proc/self/task")))
+        """
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # no OpenMP pool until a parallel region
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.split()[-1]) >= 2
 
 
 def test_input_untouched_and_float64_takes_the_torch_path(cpp):

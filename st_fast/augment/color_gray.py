@@ -104,12 +104,15 @@ def _probability(p, name: str) -> float:
 
 # The "cpp" backend. -ffp-contract=off: torchvision rounds ``a * b + c`` twice except in its
 # add_(alpha=...) (an fma), and the kernel writes those fmas out; -fno-trapping-math lets gcc
-# evaluate both sides of a select, so the per-pixel loops vectorise (no value changes).
+# evaluate both sides of a select, so the per-pixel loops vectorise (no value changes);
+# -fopenmp: without it at::parallel_for, a header template, compiles to a serial loop (the
+# library then uses the libgomp torch has loaded).
 _CPP_EXTENSION = OnDemandExtension(
     "st_fast_color_gray",
     (SOURCE_DIR / "color_gray.cpp",),
     "the C++ CG kernel",
-    extra_cflags=["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno"],
+    extra_cflags=["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno", "-fopenmp"],
+    extra_ldflags=["-fopenmp"],
     is_python_module=False,  # registers torch.ops.st_fast_cg.color_gray
 )
 CPP_DTYPES = (torch.uint8, torch.float32)
