@@ -26,7 +26,10 @@ enum Op : int32_t { BRIGHTNESS = 0, CONTRAST = 1, SATURATION = 2, HUE = 3, NOOP 
 }  // namespace st_fast_cg
 
 // The same per-image code twice: for AVX2 + FMA (one instruction per fma, 8 floats per
-// vector), and for the baseline ISA the compiler targets; run time picks one per call.
+// vector), and for the baseline ISA the compiler targets; run time picks one per call. On an
+// x86 CPU without AVX2/FMA the baseline copy calls libm for fma and floor: the same results,
+// but about 10x slower (measured: 44 ms per 512 images 3x32x32, the torch backend's speed).
+// Elsewhere (e.g. aarch64) the baseline ISA has both, and the baseline copy vectorises.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define ST_FAST_CG_AVX2 1
 #pragma GCC push_options
