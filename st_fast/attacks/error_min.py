@@ -5,19 +5,24 @@ Examples: Protecting Data Against Adversarial Learning", ICLR 2022).
 EM solves min_theta min_delta L(f_theta(x + delta), y) by alternating: ``train_steps`` SGD
 steps of the surrogate on the perturbed data, then ``steps`` sign-PGD steps that *decrease* the
 loss for every sample (or, class-wise, one perturbation per class), repeated until the
-surrogate's accuracy on the perturbed data exceeds ``stop_acc``. Defaults from the paper:
-L_inf eps 8/255, 20 steps of 0.8/255, 10 training steps per round, stop at 99%, ResNet-18,
-SGD lr 0.1 momentum 0.9 weight decay 5e-4.
+surrogate's accuracy on the perturbed data exceeds ``stop_acc``. Defaults from the paper and
+the authors' scripts (HanxunH/Unlearnable-Examples: perturbation.py and the CIFAR-10
+min-min scripts): L_inf eps 8/255, sample-wise 20 steps of 0.8/255 from a zero start,
+class-wise 1 step per batch, 10 training steps per round on batches of 512 with the gradient
+norm clipped at 5, stop at 99%, ResNet-18, SGD lr 0.1 momentum 0.9 weight decay 5e-4.
 
 REM makes the noise survive adversarial training: min_theta min_delta_u E_T max_delta_a
 L(f(T(x + delta_u) + delta_a), y). The surrogate is trained adversarially (radius ``adv_eps``),
 and every ``perturb_freq`` training steps the noise of the current batch gets ``steps``
 sign-PGD steps that decrease the loss averaged over ``samples`` random crops/flips T, each
 followed by its own inner PGD maximisation. After ``train_steps`` steps the noise of every
-sample is computed once more against the final surrogate. Defaults from the paper's CIFAR-10
-setting (fshp971/robust-unlearnable-examples): eps 8/255, 10 steps of 1.6/255, adversarial
-radius 4/255 with 10 steps of 0.8/255, 5 transformation samples, 5000 training steps, noise
-update every 10 steps, ResNet-18.
+sample is computed once more against the final surrogate. Each noise update starts from a
+uniform random point of the eps-ball (the authors' ``--pgd-random-start``), not from the
+previous noise. Defaults from the authors' CIFAR-10 script (fshp971/robust-unlearnable-examples,
+scripts/cifar10/gen_rem.sh): eps 8/255, 10 steps of 1.6/255, adversarial radius 4/255 with 10
+steps of 0.8/255, 5 transformation samples, 5000 training steps of batch 128, the batch's noise
+updated at every step (``--perturb-freq`` is not passed, its default is 1), lr 0.1 decayed
+x0.1 every 2000 steps, ResNet-18.
 """
 
 from __future__ import annotations
@@ -30,14 +35,21 @@ from .base import AttackOutput, register
 from .surrogate import Augment, accuracy, batches, build_surrogate, linf_pgd, log, sgd, to_device
 
 EM_DEFAULTS = {"eps": 8 / 255, "step_size": 0.8 / 255, "steps": 20, "train_steps": 10,
-               "stop_acc": 0.99, "max_rounds": 50, "arch": "resnet18", "lr": 0.1, "batch_size": 128}
-# class-wise only: optimise the class perturbations on this many seeded samples (None: all),
-# then apply them to every sample of the class (a budget knob; the paper uses all)
-EM_CLASS_DEFAULTS = {**EM_DEFAULTS, "fit_samples": None}
+               "stop_acc": 0.99, "max_rounds": 50, "arch": "resnet18", "lr": 0.1, "batch_size": 512,
+               "grad_clip": 5.0, "random_start": False, "augment": False}
+# augment (not in the paper; off by default): the surrogate's training steps see a random
+# crop + flip of x + delta and every PGD step descends the loss of a random crop + flip
+# (expectation over transformations with one sample per step, as REM does), so the noise
+# survives the crop/flip that natural training applies (see docs/attacks.md, Fashion-MNIST).
+# class-wise: one PGD step per batch (the authors' class-wise script); fit_samples: optimise the
+# class perturbations on this many seeded samples (None: all), then apply them to every sample
+# of the class (a budget knob; the paper uses all)
+EM_CLASS_DEFAULTS = {**EM_DEFAULTS, "steps": 1, "fit_samples": None}
 
 
 def _em(ds, gen, device, classwise: bool, *, eps, step_size, steps, train_steps, stop_acc,
-        max_rounds, arch, lr, batch_size, fit_samples=None, progress=False):
+        max_rounds, arch, lr, batch_size, grad_clip, random_start, augment, fit_samples=None,
+        progress=False):
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
     x_all, y_all = to_device(ds, device)
     x, y = x_all, y_all
@@ -46,25 +58,30 @@ def _em(ds, gen, device, classwise: bool, *, eps, step_size, steps, train_steps,
         x, y = x_all[pick], y_all[pick]
     model = build_surrogate(ds, arch, device, seed)
     opt = sgd(model, lr)
+    aug = Augment(sg.crop_padding(ds), device, seed) if augment else None
     rows = ds.num_classes if classwise else len(ds)
-    # uniform random start, as in the authors' code
-    delta = ((torch.rand((rows, *x.shape[1:]), generator=gen) * 2 - 1) * eps).to(device)
+    # the authors' scripts start from zero; random_start: uniform in the eps-ball
+    delta = torch.zeros((rows, *x.shape[1:]))
+    if random_start:
+        delta = (torch.rand(delta.shape, generator=gen) * 2 - 1) * eps
+    delta = delta.to(device)
 
     def delta_of(idx):
         return delta[y[idx]] if classwise else delta[idx.to(delta.device)]
 
     rounds, acc = 0, 0.0
     for rounds in range(1, int(max_rounds) + 1):
-        sg.train_steps(model, opt, x, y, delta_of, int(train_steps), batch_size, gen)
+        sg.train_steps(model, opt, x, y, delta_of, int(train_steps), batch_size, gen, augment=aug,
+                       grad_clip=grad_clip)
         model.eval()
         for idx in batches(len(x), batch_size, gen):
             idx_d = idx.to(device)
             xb, yb = x[idx_d], y[idx_d]
             if classwise:
-                _classwise_step(model, xb, yb, delta, eps, step_size, steps)
+                _classwise_step(model, xb, yb, delta, eps, step_size, steps, aug)
             else:
                 delta[idx_d] = linf_pgd(model, xb, yb, delta[idx_d], eps=eps, step_size=step_size,
-                                        steps=steps, descend=True)
+                                        steps=steps, descend=True, loss_fn=_loss(aug))
         acc = accuracy(model, x, y, delta_of)
         log(progress, f"em-{'class' if classwise else 'sample'} round {rounds}: surrogate acc on poisoned data {acc:.4f}")
         if acc > stop_acc:
@@ -74,12 +91,20 @@ def _em(ds, gen, device, classwise: bool, *, eps, step_size, steps, train_steps,
     return AttackOutput(out.cpu(), {"rounds": rounds, "surrogate_acc": acc, "stopped": acc > stop_acc})
 
 
-def _classwise_step(model, xb, yb, delta, eps, step_size, steps):
+def _loss(aug: Augment | None):
+    """Cross-entropy of the model on x + delta, or on a random crop/flip of it."""
+    if aug is None:
+        return None
+    return lambda m, xa, ya: F.cross_entropy(m(aug(xa)), ya)
+
+
+def _classwise_step(model, xb, yb, delta, eps, step_size, steps, aug: Augment | None = None):
     """PGD on the class perturbations: each class's step follows the sign of the summed
     gradient of its samples in the batch (classes absent from the batch stay put)."""
+    loss_fn = _loss(aug) or (lambda m, xa, ya: F.cross_entropy(m(xa), ya))
     for _ in range(steps):
         d = delta[yb].detach().requires_grad_(True)
-        loss = F.cross_entropy(model((xb + d).clamp(0, 1)), yb)
+        loss = loss_fn(model, (xb + d).clamp(0, 1), yb)
         (g,) = torch.autograd.grad(loss, [d])
         with torch.no_grad():
             per_class = torch.zeros_like(delta).index_add_(0, yb, g)
@@ -105,15 +130,16 @@ def em_class_attack(ds, gen, device, **p):
 
 REM_DEFAULTS = {"eps": 8 / 255, "step_size": 1.6 / 255, "steps": 10, "adv_eps": 4 / 255,
                 "adv_step_size": 0.8 / 255, "adv_steps": 10, "samples": 5, "train_steps": 5000,
-                "perturb_freq": 10, "arch": "resnet18", "lr": 0.1, "batch_size": 128}
+                "perturb_freq": 1, "arch": "resnet18", "lr": 0.1, "lr_decay_rate": 0.1,
+                "lr_decay_freq": 2000, "batch_size": 128}
 
 
 def rem_noise_step(model, xb, yb, delta, augment: Augment, *, eps, step_size, steps, adv_eps,
                    adv_step_size, adv_steps, samples):
-    """Update ``delta`` (this batch's noise) by ``steps`` descent steps of
+    """``steps`` descent steps on ``delta`` (this batch's noise, starting where it is given) of
     E_T[max_{|a| <= adv_eps} L(f(T(x + delta) + a), y)] (the max by inner PGD, held fixed
     while differentiating w.r.t. delta)."""
-    delta = delta.detach().clone()
+    delta = ((xb + delta.detach()).clamp(0, 1) - xb).clone()
     for _ in range(steps):
         delta.requires_grad_(True)
         grad = torch.zeros_like(delta)
@@ -133,7 +159,8 @@ def rem_noise_step(model, xb, yb, delta, augment: Augment, *, eps, step_size, st
 @register("rem", norm="linf", defaults=REM_DEFAULTS, uses_model=True, aliases=("robust-em",),
           summary="robust error-minimising noise (min-min-max with expectation over transformations)")
 def rem_attack(ds, gen, device, *, eps, step_size, steps, adv_eps, adv_step_size, adv_steps, samples,
-               train_steps, perturb_freq, arch, lr, batch_size, progress=False):
+               train_steps, perturb_freq, arch, lr, lr_decay_rate, lr_decay_freq, batch_size,
+               progress=False):
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
     x, y = to_device(ds, device)
     model = build_surrogate(ds, arch, device, seed)
@@ -143,6 +170,11 @@ def rem_attack(ds, gen, device, *, eps, step_size, steps, adv_eps, adv_step_size
     kw = dict(eps=eps, step_size=step_size, steps=steps, adv_eps=adv_eps, adv_step_size=adv_step_size,
               adv_steps=adv_steps, samples=samples)
 
+    def new_noise(idx):
+        # every update starts from a fresh uniform point of the eps-ball (authors' --pgd-random-start)
+        start = ((torch.rand((len(idx), *x.shape[1:]), generator=gen) * 2 - 1) * eps).to(device)
+        return rem_noise_step(model, x[idx], y[idx], start, augment, **kw)
+
     def adversary(m, xb, yb):
         m.eval()
         a = torch.empty_like(xb).uniform_(-adv_eps, adv_eps)
@@ -150,10 +182,12 @@ def rem_attack(ds, gen, device, *, eps, step_size, steps, adv_eps, adv_step_size
                               descend=False)).clamp(0, 1)
 
     for step in range(int(train_steps)):
+        for group in opt.param_groups:   # step decay, as the authors' script
+            group["lr"] = lr * lr_decay_rate ** (step // int(lr_decay_freq))
         idx = torch.randint(0, len(x), (min(batch_size, len(x)),), generator=gen).to(device)
         if step % int(perturb_freq) == 0:
             model.eval()
-            delta[idx] = rem_noise_step(model, x[idx], y[idx], delta[idx], augment, **kw)
+            delta[idx] = new_noise(idx)
         model.train()
         xb = augment((x[idx] + delta[idx]).clamp(0, 1))
         xb = adversary(model, xb, y[idx])
@@ -166,7 +200,6 @@ def rem_attack(ds, gen, device, *, eps, step_size, steps, adv_eps, adv_step_size
             log(progress, f"rem step {step + 1}/{train_steps}: loss {float(loss.detach()):.3f}")
     model.eval()
     for idx in batches(len(x), batch_size, gen, shuffle=False):
-        idx = idx.to(device)
-        delta[idx] = rem_noise_step(model, x[idx], y[idx], delta[idx], augment, **kw)
+        delta[idx.to(device)] = new_noise(idx.to(device))
     acc = accuracy(model, x, y, lambda i: delta[i])
     return AttackOutput(delta.cpu(), {"surrogate_acc": acc})

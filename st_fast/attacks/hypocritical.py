@@ -6,10 +6,11 @@ cross-entropy of the true label, so the poisoned images carry features that make
 "too easy", and a model trained on them leans on those features instead of the real ones.
 Unlike EM, the model is not updated while the noise is made.
 
-Defaults: L_inf eps 8/255, 100 PGD steps of 0.8/255, no random start (the setting of the
-APBench reimplementation, lafeat/apbench); the crafting model here is a surrogate trained
-``epochs`` (10) on the clean data with st_fast's trainer (the paper uses a pretrained model;
-its training budget is our choice).
+Defaults from the authors' code (TLMichael/Delusive-Adversary): L_inf eps 8/255, 100 PGD
+steps of eps/5 = 1.6/255 (poison.py), no random start; the crafting model is a standard model
+trained to convergence on the clean data (main.py: 150 epochs), here an st_fast model trained
+``epochs`` (150) with st_fast's NT trainer (cosine lr instead of the authors' step decay).
+The APBench reimplementation (lafeat/apbench) uses 0.8/255 steps.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 from .base import AttackOutput, register
 from .surrogate import accuracy, craft_dataset, to_device, train_clean
 
-DEFAULTS = {"eps": 8 / 255, "step_size": 0.8 / 255, "steps": 100, "epochs": 10, "arch": "resnet18",
+DEFAULTS = {"eps": 8 / 255, "step_size": 1.6 / 255, "steps": 100, "epochs": 150, "arch": "resnet18",
             "batch_size": 128}
 
 

@@ -70,11 +70,12 @@ def batches(n: int, batch_size: int, gen: torch.Generator, shuffle: bool = True)
 
 def train_steps(model, opt, x: torch.Tensor, y: torch.Tensor, delta_of: Callable[[torch.Tensor], torch.Tensor],
                 steps: int, batch_size: int, gen: torch.Generator, augment: Augment | None = None,
-                adversary: Callable | None = None) -> float:
+                adversary: Callable | None = None, grad_clip: float | None = None) -> float:
     """``steps`` SGD steps on random batches of clamp(x + delta); returns the mean loss.
 
     ``delta_of(idx)`` gives the current perturbation of samples ``idx``; ``adversary(model,
-    xb, yb)`` (REM) replaces the batch by an adversarial one before the step.
+    xb, yb)`` (REM) replaces the batch by an adversarial one before the step; ``grad_clip``
+    clips the gradient's global L2 norm before each step (EM's authors clip at 5).
     """
     model.train()
     total = 0.0
@@ -90,6 +91,8 @@ def train_steps(model, opt, x: torch.Tensor, y: torch.Tensor, delta_of: Callable
         loss = F.cross_entropy(model(xb), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), float(grad_clip))
         opt.step()
         total += float(loss.detach())
     return total / max(1, steps)
