@@ -124,3 +124,24 @@ def test_paired_differences_pair_runs_by_seed(capsys, tmp_path):
     assert "| nt − st | -5.0 ± 7.1 (0/1/1) |" in md
     assert main(["report", str(tmp_path), "--paired", "st-nt"]) == 2
     assert "--paired wants two defence names as A:B" in capsys.readouterr().err
+
+
+def test_summary_table_and_report_section_of_the_config(tmp_path):
+    from st_fast.bench.report import summary_table
+
+    def r(attack, defence, seed, acc, val=None):
+        return {"attack": attack, "arch": "a", "ratio": 1.0, "seed": seed, "defence": defence,
+                "final_test_acc": acc, "val_acc": val}
+
+    rows = [r("sp", "nt", 0, 0.30), r("sp", "nt", 1, 0.50), r("sp", "st", 0, 0.8, 0.6),
+            r("sp", "st", 1, 0.7, 0.9), r("sp", "st-a", 0, 0.9, 0.7), r("sp", "st-a", 1, 0.1, 0.2)]
+    md = summary_table(rows, ["st-val", "nt"], select={"st-val": ["st", "st-a"]})
+    # st-val: seed 0 -> st-a (val .7 > .6, test .9); seed 1 -> st (val .9, test .7); columns in the order asked
+    assert "| train data | st-val | nt |" in md and "| sp | 80.00 ± 14.14 | 40.00 ± 14.14 |" in md
+    with pytest.raises(UserError, match="report names magic"):
+        parse_config(_raw(tmp_path, report={"summary": ["nt", "magic"]}))
+    with pytest.raises(UserError, match="A:B"):
+        parse_config(_raw(tmp_path, report={"paired": ["nt-st"]}))
+    with pytest.raises(UserError, match="'report' takes"):
+        parse_config(_raw(tmp_path, report={"colour": 1}))
+    assert parse_config(_raw(tmp_path, report={"summary": ["st"], "paired": ["st:nt"]})).report

@@ -16,6 +16,9 @@
     keep_checkpoints: false            # drop each finished cell's checkpoint.pt
     select:                            # extra table column: per (attack, seed), the candidate
       st-val: [st, st-retry]           # with the best accuracy on the clean validation images
+    report:                            # optional extras in results.md
+      summary: [nt, st, st-val]        # a compact table of final accuracy, these columns only
+      paired: ["st:nt"]                # A - B paired by seed, per attack
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from ..errors import UserError
 
 REQUIRED = ("dataset", "attacks", "defences")
 KNOWN = {"name", "dataset", "attacks", "defences", "architectures", "ratios", "seeds", "poison_seed",
-         "train", "st", "attack_params", "variants", "data_root", "keep_checkpoints", "select"}
+         "train", "st", "attack_params", "variants", "data_root", "keep_checkpoints", "select",
+         "report"}
 
 
 @dataclass
@@ -50,6 +54,7 @@ class BenchConfig:
     data_root: str | None = None
     keep_checkpoints: bool = False     # finished cells drop checkpoint.pt (results stay small)
     select: dict = field(default_factory=dict)   # name -> defences to choose among by val_acc
+    report: dict = field(default_factory=dict)   # summary: [columns], paired: ["A:B", ...]
 
     def cells(self) -> list[Cell]:
         return [Cell(a, r, arch, d, s) for a, r, arch, d, s in itertools.product(
@@ -133,6 +138,7 @@ def validate(cfg: BenchConfig, source: str = "config") -> None:
             raise UserError(f"{source}: select {name!r} must list defences of this benchmark")
         if not cfg.train.get("val_size"):
             raise UserError(f"{source}: select needs clean validation images: set train.val_size (e.g. 20)")
+    validate_report(cfg.report, list(cfg.defences) + list(cfg.select), source)
     for d in cfg.defences:
         if d not in cfg.variants:
             resolve_defence(d)
@@ -143,3 +149,25 @@ def validate(cfg: BenchConfig, source: str = "config") -> None:
         STConfig.from_dict(cfg.st)
     except TypeError as err:
         raise UserError(f"{source}: {err}") from None
+
+
+def parse_pair(spec: str, source: str = "--paired") -> tuple[str, str]:
+    """"A:B" -> (A, B), with an error that says what the form is."""
+    a, sep, b = str(spec).partition(":")
+    if not (sep and a and b):
+        raise UserError(f"{source} wants two defence names as A:B, got {spec!r}")
+    return a, b
+
+
+def validate_report(report, names: list[str], source: str = "config") -> None:
+    """``report: {summary: [columns], paired: ["A:B", ...]}``; every name a defence or selection."""
+    if not isinstance(report, dict) or not set(report) <= {"summary", "paired"}:
+        raise UserError(f"{source}: 'report' takes 'summary' (a list of columns) and 'paired' "
+                        f"(a list of \"A:B\"), got {report!r}")
+    used = list(report.get("summary", []))
+    for spec in report.get("paired", []):
+        used += parse_pair(spec, f"{source}: report.paired")
+    unknown = [n for n in used if n not in names]
+    if unknown:
+        raise UserError(f"{source}: report names {', '.join(unknown)}, which are not defences or "
+                        f"selections of this benchmark")

@@ -100,6 +100,26 @@ def markdown_tables(results: list[dict], select: dict | None = None) -> str:
     return "\n".join(out)
 
 
+def summary_table(results: list[dict], columns: list[str], select: dict | None = None) -> str:
+    """Markdown: final clean test accuracy (%), mean ± std over seeds, of ``columns`` only, one
+    row per attack (for each dataset, arch and ratio); the compact view of a wide matrix."""
+    results = results + select_by_validation(results, select or {})
+    groups = defaultdict(list)
+    for r in results:
+        groups[(r.get("dataset", "?"), r["arch"], r["ratio"])].append(r)
+    out = []
+    for (dataset, arch, ratio), rs in sorted(groups.items()):
+        cell = defaultdict(list)
+        for r in rs:
+            cell[(r["attack"], r["defence"])].append(r)
+        seeds = sorted({r["seed"] for r in rs})
+        out.append(f"Final clean test accuracy %, mean ± std over seeds {', '.join(map(str, seeds))} "
+                   f"({dataset}, {arch}, protection ratio {ratio:g}):\n")
+        out += _grid(list(dict.fromkeys(r["attack"] for r in rs)), columns, cell,
+                     lambda c: _mean_std([x["final_test_acc"] for x in c]))
+    return "\n".join(out)
+
+
 def paired_differences(results: list[dict], pairs: list[tuple[str, str]], select: dict | None = None) -> str:
     """Markdown: for each pair (A, B) and attack, final accuracy of A minus B in points, paired
     by seed (same poison, same initialisation): mean ± std, how many seeds A won / tied / lost."""
@@ -131,13 +151,20 @@ def results_csv(results: list[dict]) -> str:
 
 
 def write_reports(results: list[dict], out: str | Path, select: dict | None = None,
-                  pairs: list[tuple[str, str]] | None = None) -> None:
+                  pairs: list[tuple[str, str]] | None = None, summary: list[str] | None = None) -> None:
+    """results.jsonl/.csv/.md and plots. In a bench dir, its bench.yaml gives the selections, the
+    row/column order and (unless passed here) the summary columns and paired tables."""
+    from .config import parse_pair
+
     out = Path(out)
-    if (out / "bench.yaml").exists():  # a bench dir: its config gives the selections and the order
+    if (out / "bench.yaml").exists():
         import yaml
 
         bench = yaml.safe_load((out / "bench.yaml").read_text()) or {}
         select = select if select is not None else bench.get("select") or {}
+        extras = bench.get("report") or {}
+        summary = summary or extras.get("summary")
+        pairs = pairs or [parse_pair(p) for p in extras.get("paired", [])]
         rank = {name: i for i, name in enumerate(bench.get("attacks", []) + bench.get("defences", []))}
         results = sorted(results, key=lambda r: (rank.get(r["attack"], 1e9), rank.get(r["defence"], 1e9), r["seed"]))
     out.mkdir(parents=True, exist_ok=True)
@@ -146,6 +173,8 @@ def write_reports(results: list[dict], out: str | Path, select: dict | None = No
         return
     atomic_write_text(out / "results.csv", results_csv(results))
     md = markdown_tables(results, select)
+    if summary:
+        md = summary_table(results, summary, select) + "\n" + md
     if pairs:
         md += "\n" + paired_differences(results, pairs, select)
     atomic_write_text(out / "results.md", md)

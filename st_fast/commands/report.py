@@ -15,23 +15,23 @@ def add_parser(sub) -> None:
     p.add_argument("--paired", action="append", default=[], metavar="A:B",
                    help="add a table of A's final accuracy minus B's, paired by seed, per attack "
                         "(repeatable; e.g. --paired st-full:nt-cg-ft)")
+    p.add_argument("--summary", default=None, metavar="COLS",
+                   help="comma-separated columns of a compact final-accuracy table put first "
+                        "(default: the bench config's report.summary, if any)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..bench import collect_results, write_reports
+    from ..bench.config import parse_pair
     from ..errors import UserError
 
-    pairs = []
-    for spec in args.paired:
-        a, sep, b = spec.partition(":")
-        if not (sep and a and b):
-            raise UserError(f"--paired wants two defence names as A:B, got {spec!r}")
-        pairs.append((a, b))
+    pairs = [parse_pair(spec) for spec in args.paired]
+    summary = [c for c in (args.summary or "").split(",") if c] or None
     results = collect_results(args.run_dirs)
     if not results:
         raise UserError(f"no finished cells (result.json) under {', '.join(args.run_dirs)}")
     out = Path(args.out or args.run_dirs[0])
-    write_reports(results, out, pairs=pairs)
+    write_reports(results, out, pairs=pairs, summary=summary)
     print((out / "results.md").read_text())
     return 0
