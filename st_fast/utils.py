@@ -113,3 +113,25 @@ class Stopwatch:
     def _sync(self):
         if self.device is not None and torch.device(self.device).type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def machine_info(device: torch.device | None = None) -> dict:
+    """What a result was computed on. CPU training is bit-reproducible on one machine type but
+    not across CPU types (different SIMD kernels round differently), so results record it."""
+    import platform
+
+    cpu, flags = platform.processor() or platform.machine(), set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                cpu = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    info = {"cpu": cpu, "cpu_isa": sorted(flags & {"avx2", "fma", "avx512f", "avx512_bf16", "amx_tile"}),
+            "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "python": platform.python_version(), "torch": torch.__version__}
+    if device is not None and device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info

@@ -56,6 +56,8 @@ def test_resume_half_finished_matrix_and_report(tiny_fashion, tmp_path):
     assert not list(out.glob("cells/*/checkpoint.pt"))  # finished cells drop their checkpoints
     lines = (out / "results.jsonl").read_text().splitlines()
     assert len(lines) == 4 and all(0 <= json.loads(x)["final_test_acc"] <= 1 for x in lines)
+    assert all(json.loads(x)["machine"]["torch"] for x in lines)  # what each result was computed on
+    assert "machine.cpu" in (out / "results.csv").read_text().splitlines()[0]
     md = (out / "results.md").read_text()
     assert "| sp |" in md and "| nt | st |" in md
     assert (out / "plots" / "final-accuracy.png").exists()

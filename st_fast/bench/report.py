@@ -147,7 +147,16 @@ def paired_differences(results: list[dict], pairs: list[tuple[str, str]], select
 def results_csv(results: list[dict]) -> str:
     from ..trainer import rows_to_csv
 
-    return rows_to_csv([{k: v for k, v in r.items() if k != "test_acc_curve"} for r in results])
+    def flat(r: dict) -> dict:  # nested dicts (machine) become machine.cpu, machine.torch, ...
+        out = {}
+        for k, v in r.items():
+            if isinstance(v, dict):
+                out.update({f"{k}.{kk}": vv for kk, vv in v.items()})
+            elif k != "test_acc_curve":
+                out[k] = v
+        return out
+
+    return rows_to_csv([flat(r) for r in results])
 
 
 def write_reports(results: list[dict], out: str | Path, select: dict | None = None,

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ..config import TrainConfig
 from ..errors import UserError
-from ..utils import atomic_write_json, atomic_write_text
+from ..utils import atomic_write_json, atomic_write_text, machine_info
 from .config import BenchConfig, Cell
 
 
@@ -163,7 +163,8 @@ def run_cell(cfg: BenchConfig, cell: Cell, out: Path, device: str, progress: boo
               "rollbacks": s["rollbacks"], "stop_reason": s["stop_reason"], "epochs_run": s["epochs_run"],
               "time_train": s["time_train"], "time_acm": s["time_acm"], "time_eval": s["time_eval"],
               "wall_s": time.perf_counter() - t0, "test_acc_curve": acc,
-              "device": str(trainer.device), "optimizer": trainer.opt.backend}
+              "device": str(trainer.device), "optimizer": trainer.opt.backend,
+              "machine": machine_info(trainer.device)}
     atomic_write_json(run_dir / "result.json", result)
     if not cfg.keep_checkpoints:  # the cell is finished: its checkpoint is no longer needed
         (run_dir / "checkpoint.pt").unlink(missing_ok=True)
