@@ -120,7 +120,8 @@ def test_publication_defaults():
     batches of 128, HYPO stepped 0.8/255 against a 10-epoch model)."""
     em = attacks.ATTACKS["em-sample"].defaults
     assert (em["steps"], em["step_size"], em["train_steps"], em["stop_acc"]) == (20, 0.8 / 255, 10, 0.99)
-    assert (em["batch_size"], em["grad_clip"], em["random_start"], em["augment"]) == (512, 5.0, False, False)
+    assert (em["batch_size"], em["grad_clip"], em["random_start"]) == (512, 5.0, False)
+    assert not em["augment"] and not em["bn_refresh"]           # our options, off by default
     assert attacks.ATTACKS["em-class"].defaults["steps"] == 1
     rem = attacks.ATTACKS["rem"].defaults
     assert (rem["perturb_freq"], rem["lr_decay_rate"], rem["lr_decay_freq"], rem["train_steps"]) == (1, 0.1, 2000, 5000)
@@ -183,3 +184,23 @@ def test_em_augment_option(ds):
     assert not torch.equal(plain.images, aug.images)
     assert torch.equal(aug.images, run("em-sample", ds, seed=1, augment=True).images)
     assert run("em-class", ds, augment=True).meta["params"]["augment"] is True
+    refreshed = run("em-sample", ds, seed=1, augment=True, bn_refresh=True)
+    assert not torch.equal(refreshed.images, aug.images)
+    assert float(realised_norms(refreshed.perturbation(ds.images), "linf").max()) <= 8 / 255 + 1e-6
+
+
+def test_refresh_bn_recomputes_running_stats_and_restores_momentum():
+    from st_fast.attacks.surrogate import refresh_bn
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(1, 3, 3, bias=False)
+    bn = torch.nn.BatchNorm2d(3)
+    model = torch.nn.Sequential(conv, bn)
+    bn.running_mean.fill_(5.0)                           # stale statistics
+    x = torch.rand(32, 1, 6, 6)
+    delta = torch.full_like(x, 0.01)
+    refresh_bn(model, x, lambda i: delta[i], 16)         # two equal batches
+    with torch.no_grad():
+        feats = conv((x + delta).clamp(0, 1))
+    assert torch.allclose(bn.running_mean, feats.mean((0, 2, 3)), atol=1e-6)
+    assert bn.momentum == 0.1 and not model.training

@@ -36,11 +36,14 @@ from .surrogate import Augment, accuracy, batches, build_surrogate, linf_pgd, lo
 
 EM_DEFAULTS = {"eps": 8 / 255, "step_size": 0.8 / 255, "steps": 20, "train_steps": 10,
                "stop_acc": 0.99, "max_rounds": 50, "arch": "resnet18", "lr": 0.1, "batch_size": 512,
-               "grad_clip": 5.0, "random_start": False, "augment": False}
+               "grad_clip": 5.0, "random_start": False, "augment": False, "bn_refresh": False}
 # augment (not in the paper; off by default): the surrogate's training steps see a random
 # crop + flip of x + delta and every PGD step descends the loss of a random crop + flip
 # (expectation over transformations with one sample per step, as REM does), so the noise
 # survives the crop/flip that natural training applies (see docs/attacks.md, Fashion-MNIST).
+# bn_refresh (not in the paper; off by default): before each noise pass, recompute the
+# surrogate's BatchNorm statistics on the current poisoned data (surrogate.refresh_bn), so the
+# eval-mode model the noise and the stop criterion see is the model just trained.
 # class-wise: one PGD step per batch (the authors' class-wise script); fit_samples: optimise the
 # class perturbations on this many seeded samples (None: all), then apply them to every sample
 # of the class (a budget knob; the paper uses all)
@@ -48,8 +51,8 @@ EM_CLASS_DEFAULTS = {**EM_DEFAULTS, "steps": 1, "fit_samples": None}
 
 
 def _em(ds, gen, device, classwise: bool, *, eps, step_size, steps, train_steps, stop_acc,
-        max_rounds, arch, lr, batch_size, grad_clip, random_start, augment, fit_samples=None,
-        progress=False):
+        max_rounds, arch, lr, batch_size, grad_clip, random_start, augment, bn_refresh,
+        fit_samples=None, progress=False):
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
     x_all, y_all = to_device(ds, device)
     x, y = x_all, y_all
@@ -73,6 +76,8 @@ def _em(ds, gen, device, classwise: bool, *, eps, step_size, steps, train_steps,
     for rounds in range(1, int(max_rounds) + 1):
         sg.train_steps(model, opt, x, y, delta_of, int(train_steps), batch_size, gen, augment=aug,
                        grad_clip=grad_clip)
+        if bn_refresh:
+            sg.refresh_bn(model, x, delta_of, batch_size, aug)
         model.eval()
         for idx in batches(len(x), batch_size, gen):
             idx_d = idx.to(device)

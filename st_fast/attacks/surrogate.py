@@ -119,6 +119,28 @@ def linf_pgd(model, x: torch.Tensor, y: torch.Tensor, delta: torch.Tensor, *, ep
 
 
 @torch.no_grad()
+def refresh_bn(model, x: torch.Tensor, delta_of: Callable[[torch.Tensor], torch.Tensor], batch_size: int,
+               augment: Augment | None = None) -> None:
+    """Recompute every BatchNorm layer's running statistics as the plain average over the
+    batches of clamp(x + delta) (augmented like the training steps), leaving the model in eval
+    mode. After only a few SGD steps at a high learning rate the running averages mix batches
+    seen under older weights, and the eval-mode model can be far worse than the trained one."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None                 # cumulative average
+    model.train()
+    for i in range(0, len(x), batch_size):
+        idx = torch.arange(i, min(i + batch_size, len(x)), device=x.device)
+        xb = (x[idx] + delta_of(idx)).clamp(0, 1)
+        model(augment(xb) if augment is not None else xb)
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    model.eval()
+
+
+@torch.no_grad()
 def accuracy(model, x: torch.Tensor, y: torch.Tensor, delta_of: Callable[[torch.Tensor], torch.Tensor] | None = None,
              batch_size: int = 1000) -> float:
     model.eval()
