@@ -18,6 +18,7 @@ from ..errors import UserError
 from ..kernels import triton_usable
 from ..kernels.class_stats import MAX_KERNEL_CLASSES, RADIUS_KINDS
 from ..utils import Stopwatch
+from . import tsne as _tsne
 from .stats import class_index, class_statistics, resolve_classes
 from .tsne import BACKENDS, pca, tsne_embed
 
@@ -42,6 +43,9 @@ class ACMStats:
     stats_backend: str  # "triton" or "torch"
     radius: str
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    # how the "exact" backend ran: "cpp-avx2" / "cpp-baseline" (csrc/tsne_cpu.cpp), "torch",
+    # "triton"; "-" for the other backends and embeddings
+    tsne_impl: str = "-"
 
     def __float__(self) -> float:
         return self.acm
@@ -161,10 +165,12 @@ def acm(
                 x, cls = x[indices], cls[indices]
         timings["validate"] = sw.elapsed
 
-        ran = "-"
+        ran, impl = "-", "-"
         with Stopwatch(x.device) as sw:
             if embedding == "tsne":
                 z, ran = tsne_embed(x, backend=backend, seed=int(seed), **(tsne_options or {}))
+                if ran == "exact":
+                    impl = _tsne.last_implementation
             elif embedding == "pca":
                 z = pca(x, 2, seed=int(seed))
             else:
@@ -197,6 +203,7 @@ def acm(
         stats_backend="triton" if kernel_ran else "torch",
         radius=radius,
         timings=timings,
+        tsne_impl=impl,
     )
 
 

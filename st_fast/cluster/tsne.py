@@ -7,13 +7,18 @@ of van der Maaten's reference code and scikit-learn):
   1. Initialisation: the 2-D PCA projection, scaled to standard deviation 1e-4.
   2. Affinities: for every point a Gaussian over its ``3 * perplexity`` nearest neighbours with
      the bandwidth found by bisection so that the entropy equals log(perplexity); then
-     symmetrised, P = (P_cond + P_cond^T) / (2N), stored dense (N x N float32).
+     symmetrised, P = (P_cond + P_cond^T) / (2N), stored dense (N x N float32), or in CSR form
+     for the C++ path.
   3. Gradient descent on KL(P || Q) with the exact (dense, O(N^2)) Student-t gradient:
      early exaggeration for the first ``n_iter_early`` iterations with momentum 0.5, then
      momentum 0.8; adaptive gains; learning rate max(N / early_exaggeration, 50).
-On the CPU each iteration is a handful of large torch ops (one N x N pass builds the kernel
-matrix, one GEMM with a (3 x N) matrix gives both the force sums and row sums). On CUDA each
-iteration is two Triton kernels (kernels/tsne_grad.py) and the loop is replayed from CUDA graphs.
+On the CPU the iterations run in a fused C++ op (csrc/tsne_cpu.cpp, built on first use): P in
+CSR form, the repulsion and Z summed on the fly over the pairs (each pair once), nothing N x N
+stored. Where it cannot be built, a warning says why and the torch reference runs: each
+iteration a handful of large torch ops (one N x N pass builds the kernel matrix, one GEMM with a
+(3 x N) matrix gives both the force sums and row sums). On CUDA each iteration is two Triton
+kernels (kernels/tsne_grad.py) and the loop is replayed from CUDA graphs. ``last_implementation``
+says which of these ran.
 
 Affinities use distances in the full feature space, as scikit-learn and openTSNE do.
 Iteration counts: ``DEFAULT_N_ITER_EARLY`` + ``DEFAULT_N_ITER_LATE`` (see docs/acm.md for the
@@ -30,6 +35,8 @@ import warnings
 import numpy as np
 import torch
 
+from ..csrc import SOURCE_DIR
+from ..csrc.build import ExtensionUnavailable, OnDemandExtension
 from ..errors import UserError
 
 BACKENDS = ("exact", "cuml", "opentsne", "sklearn")
@@ -112,8 +119,8 @@ def _conditional_affinities(sqdist: torch.Tensor, perplexity: float, steps: int 
     return w / w.sum(1, keepdim=True)
 
 
-def perplexity_affinities(x: torch.Tensor, perplexity: float = DEFAULT_PERPLEXITY):
-    """Symmetric joint affinities P (N x N float32, sums to 1, zero diagonal)."""
+def _neighbour_affinities(x: torch.Tensor, perplexity: float):
+    """The ``3 * perplexity`` nearest neighbours of each row (N, k) and P_cond over them."""
     n = x.shape[0]
     perplexity = min(float(perplexity), (n - 1) / 3.0)  # as openTSNE: at least 3*perp neighbours
     k = max(1, min(n - 1, int(3 * perplexity)))
@@ -121,11 +128,36 @@ def perplexity_affinities(x: torch.Tensor, perplexity: float = DEFAULT_PERPLEXIT
     d2 = torch.addmm(sq[:, None] + sq[None, :], x, x.T, alpha=-2.0).clamp_min_(0.0)
     d2.fill_diagonal_(math.inf)
     knn_d2, knn_idx = d2.topk(k, dim=1, largest=False)
-    cond = _conditional_affinities(knn_d2, max(perplexity, 1.0)).float()
+    return knn_idx, _conditional_affinities(knn_d2, max(perplexity, 1.0)).float()
+
+
+def perplexity_affinities(x: torch.Tensor, perplexity: float = DEFAULT_PERPLEXITY):
+    """Symmetric joint affinities P (N x N float32, sums to 1, zero diagonal)."""
+    n = x.shape[0]
+    knn_idx, cond = _neighbour_affinities(x, perplexity)
     p = torch.zeros(n, n, dtype=torch.float32, device=x.device)
     p.scatter_(1, knn_idx, cond)
     p += p.T.clone()
     return p / p.sum()
+
+
+def perplexity_affinities_csr(x: torch.Tensor, perplexity: float = DEFAULT_PERPLEXITY):
+    """The same P in CSR form, never dense: (indptr int32 (N+1,), indices int32, values float32).
+
+    P_cond has k entries per row, so P_cond + P_cond^T has between k and 2k. Entries are keyed
+    by row * N + column; sorting the keys gives the CSR order, and p_ij + p_ji is added where
+    both are stored (a sum of two, as in the dense path).
+    """
+    n = x.shape[0]
+    knn_idx, cond = _neighbour_affinities(x, perplexity)
+    rows = torch.arange(n, device=x.device).repeat_interleave(knn_idx.shape[1])
+    cols = knn_idx.flatten()
+    keys, slot = torch.unique(torch.cat([rows * n + cols, cols * n + rows]), return_inverse=True)
+    both = cond.flatten().repeat(2)
+    values = torch.zeros(keys.shape[0], device=x.device).index_add_(0, slot, both)
+    indptr = torch.zeros(n + 1, dtype=torch.int64, device=x.device)
+    indptr[1:] = torch.bincount(keys // n, minlength=n).cumsum(0)
+    return indptr.int(), (keys % n).int(), values / values.sum()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,6 +190,71 @@ class _DenseGradient:
         self.y3[:2] = y.T
         g = self.y3 @ m  # (3, N)
         return (4.0 * exaggeration) * (g[2][:, None] * y - g[:2].T)
+
+
+# The fused C++ iterations for the CPU (csrc/tsne_cpu.cpp): the same gradient and update as
+# _DenseGradient + tsne_update_reference, with P in CSR form and the repulsion summed on the fly
+# over the pairs, so nothing N x N is stored. -ffp-contract=fast lets gcc fuse a * b + c into an
+# fma in the AVX2 copy (faster; not bit-comparable with torch anyway, whose GEMM sums in another
+# order); -fno-trapping-math lets the gains select vectorise; -fopenmp: without it
+# at::parallel_for, a header template, compiles to a serial loop.
+_CPP_EXTENSION = OnDemandExtension(
+    "st_fast_tsne_cpu",
+    (SOURCE_DIR / "tsne_cpu.cpp",),
+    "the C++ t-SNE kernel",
+    extra_cflags=["-O3", "-ffp-contract=fast", "-fno-trapping-math", "-fno-math-errno", "-fopenmp"],
+    extra_ldflags=["-fopenmp"],
+    is_python_module=False,  # registers torch.ops.st_fast_tsne.*
+)
+_cpp_fallback_warned = False
+# Which implementation the last exact_tsne call in this process ran: "cpp-avx2", "cpp-baseline"
+# (csrc/tsne_cpu.cpp), "torch" (the dense reference below) or "triton" (kernels/tsne_grad.py).
+last_implementation: str | None = None
+
+
+def cpp_status() -> str:
+    """Return "ok" or why the C++ t-SNE kernel cannot run; builds or loads it on the first call.
+
+    The first build on a machine takes ~20-40 s (2-core development CPU); later processes only
+    check and load it (about a second). A failure is remembered for the process.
+    """
+    try:
+        _CPP_EXTENSION.load()
+    except ExtensionUnavailable as exc:
+        return str(exc)
+    return "ok"
+
+
+def cpp_implementation() -> str:
+    """Which copy of the C++ loops runs on this CPU, "cpp-avx2" or "cpp-baseline" (builds it)."""
+    _CPP_EXTENSION.load()
+    return "cpp-" + torch.ops.st_fast_tsne.isa()
+
+
+def _use_cpp(requested: bool | None) -> bool:
+    """Resolve ``use_cpp`` for a CPU run: None = when it builds (warn once if not)."""
+    global _cpp_fallback_warned
+    if requested is False:
+        return False
+    status = cpp_status()
+    if status == "ok":
+        return True
+    if requested:
+        raise UserError(f"{status}; use_cpp=None or False runs the torch path")
+    if not _cpp_fallback_warned:
+        _cpp_fallback_warned = True
+        warnings.warn(f"exact t-SNE: {status}; using the torch path on the CPU", stacklevel=4)
+    return False
+
+
+def _optimise_cpp(y, p_csr, phases, learning_rate, min_gain):
+    """All iterations of a phase in one call of the C++ op (in place on y)."""
+    update, gains = torch.zeros_like(y), torch.ones_like(y)
+    for exaggeration, momentum, iters in phases:
+        torch.ops.st_fast_tsne.optimise(
+            y, update, gains, *p_csr, exaggeration, momentum, learning_rate, min_gain, iters
+        )
+    return y
 
 
 def _optimise_eager(y, p, phases, learning_rate, min_gain):
@@ -218,13 +315,24 @@ def exact_tsne(
     min_gain: float = 0.01,
     use_triton: bool | None = None,
     cuda_graphs: bool = True,
+    use_cpp: bool | None = None,
 ) -> torch.Tensor:
-    """Exact t-SNE in float32 on ``features``' device -> (N, 2) embedding on that device."""
+    """Exact t-SNE in float32 on ``features``' device -> (N, 2) embedding on that device.
+
+    On the CPU the iterations run in the fused C++ op (csrc/tsne_cpu.cpp) when it builds
+    (``use_cpp=None``; a failed build warns once and runs the torch path), ``use_cpp=True``
+    requires it, ``use_cpp=False`` runs the dense torch reference. ``last_implementation``
+    records which ran.
+    """
+    global last_implementation
     from ..kernels import triton_usable
 
     x = features.detach().float()
     n = x.shape[0]
-    p = perplexity_affinities(x, perplexity)
+    if use_triton is None:
+        use_triton = x.device.type == "cuda" and triton_usable(x.device)
+    cpp = x.device.type == "cpu" and not use_triton and _use_cpp(use_cpp)
+    p = perplexity_affinities_csr(x, perplexity) if cpp else perplexity_affinities(x, perplexity)
     if init == "pca":
         y = pca(x, 2, seed=seed)
         if y.shape[1] < 2:  # one-dimensional features: a random second coordinate
@@ -236,12 +344,15 @@ def exact_tsne(
     y = (y / y[:, 0].std().clamp_min(1e-12) * 1e-4).contiguous()
     if learning_rate == "auto":
         learning_rate = max(n / early_exaggeration, 50.0)
-    phases = [(early_exaggeration, 0.5, n_iter_early), (1.0, 0.8, n_iter_late)]
-    if use_triton is None:
-        use_triton = x.device.type == "cuda" and triton_usable(x.device)
+    phases = [(float(early_exaggeration), 0.5, n_iter_early), (1.0, 0.8, n_iter_late)]
+    learning_rate, min_gain = float(learning_rate), float(min_gain)
+    if cpp:
+        last_implementation = cpp_implementation()
+        return _optimise_cpp(y, p, phases, learning_rate, min_gain)
+    last_implementation = "triton" if use_triton else "torch"
     if use_triton:
-        return _optimise_triton(y, p, phases, float(learning_rate), min_gain, cuda_graphs)
-    return _optimise_eager(y, p, phases, float(learning_rate), min_gain)
+        return _optimise_triton(y, p, phases, learning_rate, min_gain, cuda_graphs)
+    return _optimise_eager(y, p, phases, learning_rate, min_gain)
 
 
 def _random_init(n: int, seed: int, device) -> torch.Tensor:
