@@ -5,22 +5,27 @@ Data: N samples of D = 512 Gaussian features in K = 10 classes whose centres are
 activations of an ACM subset (CIFAR-10: 100 images per class).
 
     python -m pytest benchmarks/bench_acm.py -o python_files='bench_*.py' --benchmark-only
-    python benchmarks/bench_acm.py [--rounds 5] [--write benchmarks/results/acm_cpu.md]
+    python benchmarks/bench_acm.py [--rounds 5] [--threads 1,2] [--write benchmarks/results/acm_cpu.md]
 
 The script form interleaves the candidates round by round (so load from other processes hits all
-of them alike), reports medians and the ratio to the scikit-learn baseline, and checks quality:
-ACM over a sequence of increasingly clustered inputs must rank like ACM on scikit-learn's t-SNE
-(Spearman >= 0.9), and kNN accuracy in the embedding must be close to scikit-learn's.
+of them alike), reports medians of wall and process CPU time and the ratios to the scikit-learn
+baseline, once per thread count, and checks quality: ACM over a sequence of increasingly
+clustered inputs must rank like ACM on scikit-learn's t-SNE (Spearman >= 0.9), and kNN accuracy
+in the embedding must be close to scikit-learn's. On the CPU the exact backend runs twice: the
+fused C++ op (csrc/tsne_cpu.cpp, the default) and the dense torch path it replaces.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import os
 import platform
 import statistics
 import subprocess
 import time
+from importlib import metadata
 
 import numpy as np
 import pytest
@@ -29,6 +34,7 @@ from st_fast.kernels import triton_usable
 
 import st_fast
 from st_fast.cluster import available_backends, class_statistics, class_statistics_numpy, tsne_embed
+from st_fast.cluster import tsne as tsne_module
 from st_fast.cluster.stats import class_index
 
 N, D, K = 1000, 512, 10
@@ -53,6 +59,10 @@ def sklearn_then_statistics(x, y):
     return float(class_statistics(emb, cls, K).acm)
 
 
+def _cpp_ok() -> bool:
+    return DEVICE == "cpu" and tsne_module.cpp_status() == "ok"
+
+
 def end_to_end_candidates(x, y):
     xt, yt = torch.from_numpy(x).to(DEVICE), torch.from_numpy(y).to(DEVICE)
     cands = {
@@ -61,6 +71,11 @@ def end_to_end_candidates(x, y):
     }
     for backend in available_backends(DEVICE):
         cands[f"st_fast.acm backend={backend}"] = lambda b=backend: st_fast.acm(xt, yt, backend=b)
+    if _cpp_ok():  # the default above runs the C++ op; this is the torch path it replaced
+        torch_path = {"use_cpp": False}
+        cands["st_fast.acm backend=exact, torch path"] = lambda: st_fast.acm(
+            xt, yt, backend="exact", tsne_options=torch_path
+        )
     cands["st_fast.acm embedding=pca"] = lambda: st_fast.acm(xt, yt, embedding="pca")
     cands["st_fast.acm embedding=None"] = lambda: st_fast.acm(xt, yt, embedding=None)
     return cands
@@ -81,10 +96,21 @@ def class_stats_candidates(n, d):
     return cands
 
 
+TSNE_NAMES = ["exact-cpp", "exact-torch", "exact", "cuml", "opentsne", "sklearn"]
+
+
 def tsne_candidates(n):
+    """t-SNE alone; on the CPU the exact backend as "exact-cpp" (C++ op) and "exact-torch"."""
     x, _ = make_features(n=n)
     xt = torch.from_numpy(x).to(DEVICE)
-    return {b: (lambda b=b: tsne_embed(xt, backend=b)) for b in available_backends(DEVICE)}
+    cands = {}
+    for b in available_backends(DEVICE):
+        if b == "exact" and _cpp_ok():
+            cands["exact-cpp"] = lambda: tsne_embed(xt, backend="exact", use_cpp=True)
+            cands["exact-torch"] = lambda: tsne_embed(xt, backend="exact", use_cpp=False)
+        else:
+            cands[b] = lambda b=b: tsne_embed(xt, backend=b)
+    return cands
 
 
 # ---------------------------------------------------------------------------- pytest-benchmark
@@ -110,7 +136,7 @@ def test_class_statistics(benchmark, impl, n, d):
 
 
 @pytest.mark.parametrize("n", [1000, 5000])
-@pytest.mark.parametrize("backend", ["exact", "cuml", "opentsne", "sklearn"])
+@pytest.mark.parametrize("backend", TSNE_NAMES)
 def test_tsne(benchmark, backend, n):
     cands = tsne_candidates(n)
     if backend not in cands:
@@ -121,17 +147,18 @@ def test_tsne(benchmark, backend, n):
 # ---------------------------------------------------------------------------- script form
 
 
-def _interleaved(cands: dict, rounds: int, sync, warmup: bool = True) -> dict[str, list[float]]:
+def _interleaved(cands: dict, rounds: int, sync, warmup: bool = True) -> dict[str, list]:
+    """name -> [(wall s, process CPU s)] per round, the candidates taking turns each round."""
     times = {name: [] for name in cands}
     for fn in cands.values() if warmup else ():
         fn()  # first-call costs (allocations, kernel compilation) are not what we measure
     for _ in range(rounds):
         for name, fn in cands.items():
             sync()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             sync()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append((time.perf_counter() - t0, time.process_time() - c0))
     return times
 
 
@@ -171,38 +198,72 @@ def _machine() -> str:
         model += f"; GPU {torch.cuda.get_device_name()}"
     import triton
 
-    return (f"{model}, {torch.get_num_threads()} threads; torch {torch.__version__}, "
-            f"triton {triton.__version__}")  # fmt: skip
+    versions = [f"torch {torch.__version__}", f"triton {triton.__version__}"]
+    for dist in ("scikit-learn", "openTSNE"):
+        try:
+            versions.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            pass
+    if _cpp_ok():
+        versions.append(f"C++ t-SNE: {tsne_module.cpp_implementation()}")
+    return f"{model}, {os.cpu_count()} cores; python {platform.python_version()}, " + ", ".join(
+        versions
+    )
+
+
+def _load() -> str:
+    return " / ".join(f"{v:.1f}" for v in os.getloadavg()) + " (1 / 5 / 15 min)"
 
 
 def _table(times: dict, baseline: str | None) -> list[str]:
-    lines = ["| candidate | median (s) | min (s) | " + ("speed-up vs baseline |" if baseline else "|"),
-             "|---|---|---|" + ("---|" if baseline else "")]  # fmt: skip
-    base = statistics.median(times[baseline]) if baseline else None
+    """Medians of wall and CPU time; the ratios are baseline / candidate (> 1: faster)."""
+    ratio_cols = " wall speed-up | CPU speed-up |" if baseline else ""
+    lines = [f"| candidate | median wall (s) | min wall (s) | median CPU (s) |{ratio_cols}",
+             "|---|---|---|---|" + ("---|---|" if baseline else "")]  # fmt: skip
+
+    def medians(ts):
+        return statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts)
+
+    base = medians(times[baseline]) if baseline else None
     for name, ts in times.items():
-        med = statistics.median(ts)
-        ratio = f" {base / med:.2f}x |" if baseline else ""
-        lines.append(f"| {name} | {med:.4f} | {min(ts):.4f} |{ratio}")
+        wall, cpu = medians(ts)
+        ratio = f" {base[0] / wall:.2f}x | {base[1] / max(cpu, 1e-9):.2f}x |" if baseline else ""
+        lines.append(f"| {name} | {wall:.4f} | {min(t[0] for t in ts):.4f} | {cpu:.4f} |{ratio}")
     return lines
+
+
+@contextlib.contextmanager
+def _limit_threads(threads: int):
+    """torch's intra-op pool and the OpenMP/BLAS pools (scikit-learn, numpy) to ``threads``."""
+    if not threads:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(threads):
+            yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds at N = 1000")
     parser.add_argument("--large", type=int, default=5000, help="N of the large t-SNE run")
-    parser.add_argument("--write", help="write the markdown report here")
+    parser.add_argument("--large-rounds", type=int, default=1, help="rounds at N = --large")
+    parser.add_argument("--write", help="write the markdown report here (after every section)")
     parser.add_argument(
-        "--threads", type=int, default=0,
-        help="limit torch and the OpenMP/BLAS pools of every backend to this many threads "
-        "(0: leave the defaults). 1 keeps timings sane on a machine shared with other jobs, "
-        "where OpenMP barriers stall on descheduled threads.",
+        "--threads", default="1,2",
+        help="comma-separated thread counts; the timings run once for each, with torch and the "
+        "OpenMP/BLAS pools of every backend limited to that many (0: leave the defaults). On a "
+        "machine shared with other jobs OpenMP barriers stall on descheduled threads, so 1 gives "
+        "the sanest timings there; CPU-time ratios survive the load better than wall times.",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    if args.threads:
-        from threadpoolctl import threadpool_limits
-
-        torch.set_num_threads(args.threads)
-        threadpool_limits(args.threads)
+    thread_counts = [int(t) for t in args.threads.split(",")]
 
     def sync():
         if DEVICE == "cuda":
@@ -212,40 +273,55 @@ def main(argv=None) -> int:
 
     out = [f"# ACM benchmarks ({DEVICE})", "",
            f"- machine: {_machine()}",
-           f"- date: {datetime.date.today().isoformat()}",
+           f"- date: {datetime.datetime.now().isoformat(timespec='minutes')}",
            f"- command: `python benchmarks/bench_acm.py --rounds {args.rounds} --large {args.large}"
-           f" --threads {args.threads}`",
-           f"- data: N = {N}, D = {D}, K = {K} Gaussian classes, centre spread {SPREAD}", ""]  # fmt: skip
+           f" --large-rounds {args.large_rounds} --threads {args.threads}`",
+           f"- load average at the start: {_load()}",
+           f"- data: N = {N} (and {args.large}), D = {D}, K = {K} Gaussian classes, centre spread "
+           f"{SPREAD}",
+           "- times: medians over interleaved rounds; CPU = process CPU time (all threads); "
+           "speed-up = baseline / candidate", ""]  # fmt: skip
 
+    def emit(lines):
+        out.extend(lines)
+        print("\n".join(lines), flush=True)
+        if args.write:
+            atomic_write_text(args.write, "\n".join(out) + "\n")
+
+    emit([])
     x, y = make_features()
-    e2e = _interleaved(end_to_end_candidates(x, y), args.rounds, sync)
-    out += [f"## ACM end to end, N = {N}, D = {D} ({args.rounds} interleaved rounds)", ""]
-    out += _table(e2e, "sklearn TSNE + same statistics (baseline)") + [""]
-    print("\n".join(out), flush=True)
-
-    q = quality()
-    out += ["## Quality: ACM over increasingly clustered inputs (N = 1000, D = 512)", "",
-            "| spread | ACM st_fast default | ACM sklearn t-SNE | kNN acc st_fast | kNN acc sklearn | kNN acc raw |",
-            "|---|---|---|---|---|---|"]  # fmt: skip
-    out += [
-        f"| {s} | {a:.3f} | {b:.3f} | {c:.3f} | {d:.3f} | {e:.3f} |"
-        for s, a, b, c, d, e in q["rows"]
-    ]
-    out += ["", f"Spearman rank correlation of the two ACM columns: **{q['spearman']:.3f}**", ""]
-    print("\n".join(out[-12:]), flush=True)
-
-    for n, d in [(1000, 2), (5000, 512)]:
-        t = _interleaved(class_stats_candidates(n, d), max(args.rounds, 20), sync)
-        out += [f"## Class statistics, N = {n}, D = {d}, K = {K}", ""]
-        out += _table(t, "numpy float64") + [""]
-    for n in (1000, args.large):
-        large = n > 2000
-        t = _interleaved(tsne_candidates(n), 1 if large else args.rounds, sync, warmup=not large)
-        out += [f"## t-SNE alone, N = {n}, D = {D}", ""]
-        out += _table(t, "sklearn" if "sklearn" in t else None) + [""]
-    print("\n".join(out), flush=True)
-    if args.write:
-        atomic_write_text(args.write, "\n".join(out) + "\n")
+    xl, yl = make_features(n=args.large)
+    xlt, ylt = torch.from_numpy(xl).to(DEVICE), torch.from_numpy(yl).to(DEVICE)
+    for i, threads in enumerate(thread_counts):
+        with _limit_threads(threads):
+            label = f"{threads} thread(s)" if threads else "default threads"
+            e2e = _interleaved(end_to_end_candidates(x, y), args.rounds, sync)
+            emit([f"## ACM end to end, N = {N}, D = {D}, {label} ({args.rounds} rounds)", ""]
+                 + _table(e2e, "sklearn TSNE + same statistics (baseline)") + [""])  # fmt: skip
+            t = _interleaved(tsne_candidates(N), args.rounds, sync)
+            emit([f"## t-SNE alone, N = {N}, D = {D}, {label} ({args.rounds} rounds)", ""]
+                 + _table(t, "sklearn" if "sklearn" in t else None) + [""])  # fmt: skip
+            cands = tsne_candidates(args.large)
+            cands["ACM: st_fast.acm(X, y) (default: auto)"] = lambda: st_fast.acm(xlt, ylt)
+            t = _interleaved(cands, args.large_rounds, sync, warmup=False)
+            emit([f"## t-SNE alone, N = {args.large}, D = {D}, {label} ({args.large_rounds} "
+                  "round(s)); last row: the whole ACM", ""]
+                 + _table(t, "sklearn" if "sklearn" in t else None) + [""])  # fmt: skip
+            if i > 0:
+                continue
+            q = quality()
+            emit(["## Quality: ACM over increasingly clustered inputs (N = 1000, D = 512)", "",
+                  "| spread | ACM st_fast default | ACM sklearn t-SNE | kNN acc st_fast | kNN acc sklearn | kNN acc raw |",
+                  "|---|---|---|---|---|---|"]
+                 + [f"| {s} | {a:.3f} | {b:.3f} | {c:.3f} | {d:.3f} | {e:.3f} |"
+                    for s, a, b, c, d, e in q["rows"]]
+                 + ["", f"Spearman rank correlation of the two ACM columns: **{q['spearman']:.3f}**",
+                    ""])  # fmt: skip
+            for n, d in [(1000, 2), (5000, 512)]:
+                t = _interleaved(class_stats_candidates(n, d), max(args.rounds, 20), sync)
+                emit([f"## Class statistics, N = {n}, D = {d}, K = {K}, {label}", ""]
+                     + _table(t, "numpy float64") + [""])  # fmt: skip
+    emit([f"- load average at the end: {_load()}"])
     return 0
 
 

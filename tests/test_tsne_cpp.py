@@ -209,3 +209,13 @@ def test_falls_back_to_torch_when_the_build_fails(monkeypatch):
         exact_tsne(x, use_cpp=True, **short)
     stats = st_fast.acm(*blobs(n=40, d=5, k=2), tsne_options=short, return_stats=True)
     assert stats.backend == "exact" and stats.tsne_impl == "torch"
+
+
+def test_auto_keeps_the_exact_backend_to_larger_n_with_the_cpp_path(cpp, monkeypatch):
+    assert tsne.select_backend("auto", 5000, "cpu") == "exact"
+    if tsne.available_backends("cpu") == ["exact"]:
+        pytest.skip("neither openTSNE nor scikit-learn is installed: auto is always exact")
+    assert tsne.select_backend("auto", tsne.EXACT_AUTO_MAX_N_CPU_CPP + 1, "cpu") != "exact"
+    monkeypatch.setattr(tsne, "cpp_status", lambda: "the C++ t-SNE kernel unavailable: no compiler")
+    assert tsne.select_backend("auto", 5000, "cpu") != "exact"
+    assert tsne.select_backend("auto", 2000, "cpu") == "exact"
