@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 import torch
 from st_fast.kernels import triton_usable
+from st_fast.kernels.tsne_grad import tsne_gradient_reference
 
 import st_fast
 from st_fast.cluster import available_backends, class_statistics, class_statistics_numpy, tsne_embed
@@ -188,6 +189,55 @@ def quality() -> dict:
     return {"rows": rows, "spearman": float(spearmanr(ours, theirs)[0])}
 
 
+def path_agreement(seeds=(0, 1, 2)) -> list[str]:
+    """ACM from the C++ and the torch exact paths, against the chaos of t-SNE itself.
+
+    For each quality level and seed: the relative ACM difference between the two paths, and
+    between the torch path on the features and on the features times (1 + 1e-6 noise).
+    """
+    rows, paths, chaos = [], [], []
+    for spread in QUALITY_LEVELS:
+        for seed in seeds:
+            x, y = make_features(spread=spread, seed=seed)
+            noise = np.random.default_rng(100 + seed).standard_normal(x.shape).astype(np.float32)
+            cpp = st_fast.acm(x, y, backend="exact", tsne_options={"use_cpp": True})
+            ref = st_fast.acm(x, y, backend="exact", tsne_options={"use_cpp": False})
+            moved = st_fast.acm(x * (1 + 1e-6 * noise), y, backend="exact",
+                                tsne_options={"use_cpp": False})  # fmt: skip
+            paths.append(abs(cpp - ref) / ref)
+            chaos.append(abs(moved - ref) / ref)
+            rows.append(f"| {spread} | {seed} | {cpp:.3f} | {ref:.3f} | {moved:.3f} | "
+                        f"{paths[-1]:.3f} | {chaos[-1]:.3f} |")  # fmt: skip
+    return ["| spread | seed | ACM C++ | ACM torch | ACM torch, features x (1 + 1e-6 noise) | "
+            "rel. diff C++ vs torch | rel. diff torch vs perturbed torch |",
+            "|---|---|---|---|---|---|---|", *rows, "",
+            f"Relative ACM difference, median (max): C++ vs torch {np.median(paths):.3f} "
+            f"({max(paths):.3f}); torch vs perturbed torch {np.median(chaos):.3f} "
+            f"({max(chaos):.3f}).", ""]  # fmt: skip
+
+
+def gradient_accuracy() -> list[str]:
+    """One gradient from each CPU path against the float64 formula, at several layout scales.
+
+    The start of a run (positions of standard deviation 1e-4) is where the dense torch path,
+    which expands |y_i - y_j|^2 and forms rowsum(M) y - M Y, cancels most.
+    """
+    x = torch.from_numpy(make_features()[0])
+    csr = tsne_module.perplexity_affinities_csr(x)
+    p = tsne_module.perplexity_affinities(x)
+    y0 = tsne_module.pca(x, 2)
+    y0 = y0 / y0[:, 0].std() * 1e-4
+    rows = []
+    for std, alpha in [(1e-4, 12.0), (1e-2, 12.0), (1.0, 12.0), (10.0, 1.0)]:
+        y = (y0 * (std / 1e-4)).contiguous()
+        ref = tsne_gradient_reference(y.double(), p.double(), alpha)
+        cpp = torch.ops.st_fast_tsne.gradient(y, *csr, alpha).double()
+        dense = tsne_module._DenseGradient(N, "cpu")(y, p, alpha).double()
+        err = [float((g - ref).norm() / ref.norm()) for g in (cpp, dense)]
+        rows.append(f"| {std:g} | {alpha:g} | {err[0]:.1e} | {err[1]:.1e} |")
+    return ["| positions std | exaggeration | C++ | torch dense |", "|---|---|---|---|", *rows, ""]
+
+
 def _machine() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
@@ -317,6 +367,11 @@ def main(argv=None) -> int:
                     for s, a, b, c, d, e in q["rows"]]
                  + ["", f"Spearman rank correlation of the two ACM columns: **{q['spearman']:.3f}**",
                     ""])  # fmt: skip
+            if _cpp_ok():
+                emit([f"## Relative gradient error vs float64 (N = {N}, D = {D})", ""]
+                     + gradient_accuracy())  # fmt: skip
+                emit([f"## ACM from the two exact CPU paths (N = {N}, D = {D}, {label})", ""]
+                     + path_agreement())  # fmt: skip
             for n, d in [(1000, 2), (5000, 512)]:
                 t = _interleaved(class_stats_candidates(n, d), max(args.rounds, 20), sync)
                 emit([f"## Class statistics, N = {n}, D = {d}, K = {K}, {label}", ""]
