@@ -12,6 +12,7 @@ Build directory: $ST_FAST_EXTENSION_DIR, else torch's default ($TORCH_EXTENSIONS
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import threading
@@ -24,10 +25,21 @@ class ExtensionUnavailable(RuntimeError):
     """An extension cannot be built or loaded here; the message says why."""
 
 
+def _quiet_cuda_home_warning() -> None:
+    """Importing cpp_extension on a CPU-only machine with a CUDA toolkit installed logs "No CUDA
+    runtime is found, using CUDA_HOME=..." to every command's stderr; the CPU builds need no
+    CUDA, so that line is noise here. GPU problems still surface as build failures."""
+    import torch
+
+    if not torch.cuda.is_available():
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+
 def toolchain_problem() -> str | None:
     """Why torch cannot build a C++ extension here (compiler, ninja); None if it can."""
     if not (shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")):
         return "no C++ compiler found (c++ / g++); install one or set CXX"
+    _quiet_cuda_home_warning()
     from torch.utils import cpp_extension
 
     if not cpp_extension.is_ninja_available():

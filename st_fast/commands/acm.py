@@ -124,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
         return_stats=True,
     )
     print(f"ACM = {stats.acm:.6f}")
-    backend = f", backend {stats.backend}" if args.embedding == "tsne" else ""
+    impl = f" ({stats.tsne_impl})" if stats.tsne_impl not in (None, "-") else ""
+    backend = f", backend {stats.backend}{impl}" if args.embedding == "tsne" else ""
     times = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in stats.timings.items())
     print(
         f"{len(stats.classes)} classes, {stats.embedding.shape[0]} samples, "
