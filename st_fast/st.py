@@ -177,9 +177,15 @@ class StagedTrainer(Trainer):
 
         t0 = time.perf_counter()
         feats = self.features(self.train_set.images[self.acm_idx], unit=self.acm_unit)
-        value = acm(feats, self.train_set.labels[self.acm_idx], embedding=self.st.acm_embedding,
-                    radius=self.st.acm_radius, backend=self.st.acm_backend, seed=self.cfg.seed)
-        return float(value), time.perf_counter() - t0
+        stats = acm(feats, self.train_set.labels[self.acm_idx], embedding=self.st.acm_embedding,
+                    radius=self.st.acm_radius, backend=self.st.acm_backend, seed=self.cfg.seed,
+                    return_stats=True)
+        # which t-SNE implementation ran: near tau, the paths' ~2% differences can flip a trigger
+        if stats.embedding_kind != "tsne":
+            self.acm_impl = stats.embedding_kind
+        else:
+            self.acm_impl = stats.backend if stats.tsne_impl == "-" else f"{stats.backend}/{stats.tsne_impl}"
+        return float(stats), time.perf_counter() - t0
 
     def wants_acm(self) -> bool:
         return self.st.spec.policy != "none" or self.st.log_acm
@@ -365,7 +371,7 @@ class StagedTrainer(Trainer):
         if not acted:
             self.acm_last_accepted = value
         check = {"epoch": epoch + 1, "step": step, "acm": value, "triggered": fired, "accepted": not acted,
-                 "c": self.c, "time_acm": seconds}
+                 "c": self.c, "time_acm": seconds, "acm_impl": getattr(self, "acm_impl", "-")}
         self.checks.append(check)
         return check
 

@@ -173,3 +173,5 @@ def test_real_acm_is_measured_and_logged(tmp_path):
     assert h[0]["acm"] is not None and h[0]["acm"] > 0
     assert (tmp_path / "plots" / "acm.png").exists() and (tmp_path / "plots" / "multipliers.png").exists()
     assert (tmp_path / "checks.csv").exists() and (tmp_path / "summary.json").exists()
+    # each check says how ACM embedded: "exact/cpp-avx2", "exact/torch", ..., "pca", "none"
+    assert t.checks and all(c["acm_impl"] == "none" for c in t.checks)  # make(): no embedding

@@ -219,3 +219,14 @@ def test_auto_keeps_the_exact_backend_to_larger_n_with_the_cpp_path(cpp, monkeyp
     monkeypatch.setattr(tsne, "cpp_status", lambda: "the C++ t-SNE kernel unavailable: no compiler")
     assert tsne.select_backend("auto", 5000, "cpu") != "exact"
     assert tsne.select_backend("auto", 2000, "cpu") == "exact"
+
+
+def test_environment_pins_the_torch_path(monkeypatch):
+    monkeypatch.setenv("ST_FAST_TSNE_CPP", "0")
+    x = torch.randn(40, 5, generator=torch.Generator().manual_seed(0))
+    short = dict(n_iter_early=5, n_iter_late=5)
+    got = exact_tsne(x, **short)
+    assert tsne.last_implementation == "torch"
+    assert torch.equal(got, exact_tsne(x, use_cpp=False, **short))
+    stats = st_fast.acm(*blobs(n=40, d=5, k=2), tsne_options=short, return_stats=True)
+    assert stats.tsne_impl == "torch"

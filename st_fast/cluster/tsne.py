@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import warnings
 
 import numpy as np
@@ -238,9 +239,11 @@ def cpp_implementation() -> str:
 
 
 def _use_cpp(requested: bool | None) -> bool:
-    """Resolve ``use_cpp`` for a CPU run: None = when it builds (warn once if not)."""
+    """Resolve ``use_cpp`` for a CPU run: None = when it builds (warn once if not), unless
+    the environment sets ST_FAST_TSNE_CPP=0 (pins the torch path, e.g. to reproduce ACM
+    readings made before the C++ op existed: t-SNE amplifies the paths' rounding differences)."""
     global _cpp_fallback_warned
-    if requested is False:
+    if requested is False or (requested is None and os.environ.get("ST_FAST_TSNE_CPP") == "0"):
         return False
     status = cpp_status()
     if status == "ok":
