@@ -240,8 +240,8 @@ def cpp_implementation() -> str:
 
 def _use_cpp(requested: bool | None) -> bool:
     """Resolve ``use_cpp`` for a CPU run: None = when it builds (warn once if not), unless
-    the environment sets ST_FAST_TSNE_CPP=0 (pins the torch path, e.g. to reproduce ACM
-    readings made before the C++ op existed: t-SNE amplifies the paths' rounding differences)."""
+    the environment sets ST_FAST_TSNE_CPP=0 (runs the torch path, e.g. to compare ACM readings
+    with runs made before the C++ op existed; note the torch path depends on the thread count)."""
     global _cpp_fallback_warned
     if requested is False or (requested is None and os.environ.get("ST_FAST_TSNE_CPP") == "0"):
         return False
