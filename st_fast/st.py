@@ -143,6 +143,7 @@ class StagedTrainer(Trainer):
         self.phase = "train"         # "train" (step 1) -> "finetune" (step 2) -> "done"
         self.stop_reason: str | None = None
         self.checks: list[dict] = []
+        self.acm_impl = "-"          # how the last ACM reading embedded (set by measure_acm)
         self.accepted = None         # in-memory snapshot of the last accepted check
         self.unit_scales = self.multipliers()
 
@@ -371,7 +372,7 @@ class StagedTrainer(Trainer):
         if not acted:
             self.acm_last_accepted = value
         check = {"epoch": epoch + 1, "step": step, "acm": value, "triggered": fired, "accepted": not acted,
-                 "c": self.c, "time_acm": seconds, "acm_impl": getattr(self, "acm_impl", "-")}
+                 "c": self.c, "time_acm": seconds, "acm_impl": self.acm_impl}
         self.checks.append(check)
         return check
 
