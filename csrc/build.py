@@ -117,3 +117,11 @@ class OnDemandExtension:
                 raise ExtensionUnavailable(f"{self.label} unavailable: {self.failure}") from exc
             self.load_seconds = time.perf_counter() - start
             return self.module
+
+    def status(self) -> str:
+        """"ok", or why the extension cannot run here (builds or loads it on the first call)."""
+        try:
+            self.load()
+        except ExtensionUnavailable as exc:
+            return str(exc)
+        return "ok"

@@ -182,10 +182,7 @@ class StagedTrainer(Trainer):
                     radius=self.st.acm_radius, backend=self.st.acm_backend, seed=self.cfg.seed,
                     return_stats=True)
         # which t-SNE implementation ran: near tau, the paths' ~2% differences can flip a trigger
-        if stats.embedding_kind != "tsne":
-            self.acm_impl = stats.embedding_kind
-        else:
-            self.acm_impl = stats.backend if stats.tsne_impl == "-" else f"{stats.backend}/{stats.tsne_impl}"
+        self.acm_impl = stats.implementation
         return float(stats), time.perf_counter() - t0
 
     def wants_acm(self) -> bool:

@@ -229,4 +229,4 @@ def test_environment_pins_the_torch_path(monkeypatch):
     assert tsne.last_implementation == "torch"
     assert torch.equal(got, exact_tsne(x, use_cpp=False, **short))
     stats = st_fast.acm(*blobs(n=40, d=5, k=2), tsne_options=short, return_stats=True)
-    assert stats.tsne_impl == "torch"
+    assert stats.tsne_impl == "torch" and stats.implementation == "exact/torch"

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from st_fast.csrc import SOURCE_DIR
-from st_fast.csrc.build import ExtensionUnavailable, OnDemandExtension
+from st_fast.csrc.build import OnDemandExtension
 from st_fast.errors import UserError
 from st_fast.kernels import TRITON_AVAILABLE, triton_usable
 from st_fast.kernels.color_gray import (
@@ -126,11 +126,7 @@ def cpp_status() -> str:
     kept in torch's extension directory, and later processes only check and load it (well under
     a second). A failure is remembered for the process, so it costs one attempt.
     """
-    try:
-        _CPP_EXTENSION.load()
-    except ExtensionUnavailable as exc:
-        return str(exc)
-    return "ok"
+    return _CPP_EXTENSION.status()
 
 
 @functools.lru_cache(maxsize=1)

@@ -165,7 +165,8 @@ def run_cell(cfg: BenchConfig, cell: Cell, out: Path, device: str, progress: boo
               "wall_s": time.perf_counter() - t0, "test_acc_curve": acc,
               "device": str(trainer.device), "optimizer": trainer.opt.backend,
               "machine": machine_info(trainer.device),
-              "acm_impl": sorted({c.get("acm_impl", "-") for c in getattr(trainer, "checks", [])})}
+              # checks restored from a checkpoint of older code lack the key
+              "acm_impl": sorted({c.get("acm_impl", "-") for c in trainer.checks})}
     atomic_write_json(run_dir / "result.json", result)
     if not cfg.keep_checkpoints:  # the cell is finished: its checkpoint is no longer needed
         (run_dir / "checkpoint.pt").unlink(missing_ok=True)

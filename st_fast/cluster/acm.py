@@ -50,6 +50,13 @@ class ACMStats:
     def __float__(self) -> float:
         return self.acm
 
+    @property
+    def implementation(self) -> str:
+        """How the embedding ran, in one word: "exact/cpp-avx2", "exact/torch", "cuml", "pca", "none"."""
+        if self.embedding_kind != "tsne":
+            return self.embedding_kind
+        return self.backend if self.tsne_impl == "-" else f"{self.backend}/{self.tsne_impl}"
+
 
 def _as_tensor(x, what: str) -> torch.Tensor:
     if isinstance(x, torch.Tensor):

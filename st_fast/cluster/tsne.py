@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from ..csrc import SOURCE_DIR
-from ..csrc.build import ExtensionUnavailable, OnDemandExtension
+from ..csrc.build import OnDemandExtension
 from ..errors import UserError
 
 BACKENDS = ("exact", "cuml", "opentsne", "sklearn")
@@ -225,11 +225,7 @@ def cpp_status() -> str:
     The first build on a machine takes ~20-40 s (2-core development CPU); later processes only
     check and load it (about a second). A failure is remembered for the process.
     """
-    try:
-        _CPP_EXTENSION.load()
-    except ExtensionUnavailable as exc:
-        return str(exc)
-    return "ok"
+    return _CPP_EXTENSION.status()
 
 
 def cpp_implementation() -> str:
