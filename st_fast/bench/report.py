@@ -1,7 +1,15 @@
-"""Tables and plots from finished benchmark cells (also `st-fast report`)."""
+"""Tables and plots from finished benchmark cells (also `st-fast report`).
+
+A bench dir keeps its cells in one of two forms, read alike: a run folder per cell under
+``cells/`` (what `st-fast bench` writes), or one line per cell in ``cells.jsonl`` (what
+``pack_cells`` writes from those folders, so that a committed study needs no per-cell files).
+Each line holds the cell's result.json, config.json, summary.json, history.json and checks.csv
+rows as plain JSON: everything the report and the per-cell plots are built from.
+"""
 
 from __future__ import annotations
 
+import csv
 import json
 import statistics
 from collections import defaultdict
@@ -10,15 +18,93 @@ from pathlib import Path
 from ..errors import UserError
 from ..utils import atomic_write_text
 
+CELLS_FILE = "cells.jsonl"
+
+
+def _csv_value(text: str):
+    """A checks.csv field back to the value written: '' -> None, True/False, int, float, else str."""
+    if text == "":
+        return None
+    if text in ("True", "False"):
+        return text == "True"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def read_cell_dir(cell_dir: Path) -> dict:
+    """One cell folder as one record (None for a file it lacks); plots are left out: they are
+    rebuilt from the record (``write_cell_plots``)."""
+
+    def read_json(name: str):
+        path = cell_dir / name
+        return json.loads(path.read_text()) if path.exists() else None
+
+    checks = None
+    if (cell_dir / "checks.csv").exists():
+        with open(cell_dir / "checks.csv", newline="") as f:
+            checks = [{k: _csv_value(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    return {"cell": cell_dir.name, "result": read_json("result.json"), "config": read_json("config.json"),
+            "summary": read_json("summary.json"), "history": read_json("history.json"), "checks": checks}
+
+
+def load_cells(bench_dir: str | Path) -> dict[str, dict]:
+    """Cell id -> record, sorted by id: the packed cells.jsonl, then every finished folder under
+    cells/, which replaces the packed line of the same cell (it may be a newer run)."""
+    bench_dir = Path(bench_dir)
+    records = {}
+    if (bench_dir / CELLS_FILE).exists():
+        for line in (bench_dir / CELLS_FILE).read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                records[record["cell"]] = record
+    for result in (bench_dir / "cells").glob("*/result.json"):
+        records[result.parent.name] = read_cell_dir(result.parent)
+    return dict(sorted(records.items()))
+
+
+def pack_cells(bench_dir: str | Path) -> Path:
+    """Write bench_dir/cells.jsonl: one line per finished cell (folders and earlier packed lines)."""
+    path = Path(bench_dir) / CELLS_FILE
+    lines = [json.dumps(r, separators=(",", ":")) + "\n" for r in load_cells(bench_dir).values()]
+    atomic_write_text(path, "".join(lines))
+    return path
+
+
+def unpack_cells(bench_dir: str | Path) -> int:
+    """Write every packed cell back as its folder cells/<id>/ (result.json, config.json,
+    summary.json, history.json/.csv, checks.csv, as the trainer writes them), so that `st-fast
+    bench` skips the finished cells when a packed study is continued; returns how many."""
+    from ..trainer import rows_to_csv
+    from ..utils import atomic_write_json
+
+    cells = load_cells(bench_dir)
+    for cell_id, record in cells.items():
+        cell_dir = Path(bench_dir) / "cells" / cell_id
+        for name in ("config", "summary", "history"):
+            if record[name] is not None:
+                atomic_write_json(cell_dir / f"{name}.json", record[name])
+        if record["history"] is not None:
+            atomic_write_text(cell_dir / "history.csv", rows_to_csv(record["history"]))
+        if record["checks"] is not None:
+            atomic_write_text(cell_dir / "checks.csv", rows_to_csv(record["checks"]))
+        atomic_write_json(cell_dir / "result.json", record["result"])  # last: it marks the cell finished
+    return len(cells)
+
 
 def collect_results(dirs: list[str | Path]) -> list[dict]:
-    """result.json of every finished cell under each dir (a bench dir or a single cell dir)."""
+    """result.json of every finished cell under each dir (a bench dir, packed or not, or a single
+    cell dir)."""
     results = []
     for d in map(Path, dirs):
         if not d.exists():
             raise UserError(f"{d}: no such run directory")
-        found = sorted(d.glob("cells/*/result.json")) + sorted(d.glob("result.json"))
-        results += [json.loads(p.read_text()) for p in found]
+        results += [r["result"] for r in load_cells(d).values()]
+        if (d / "result.json").exists():
+            results.append(json.loads((d / "result.json").read_text()))
     return results
 
 
@@ -241,19 +327,16 @@ def plot_checks(results: list[dict], bench_dir: Path, select: dict[str, list[str
                 shown: tuple[str, ...] = ("nt", "st")) -> None:
     """Per attack, the lowest seed: ACM per check and test accuracy per epoch, rollbacks marked,
     of ``shown`` defences and of each validation-selected one (labelled with the variant chosen).
-    Reads each cell's history.json / checks.csv; cells without them are left out."""
-    import csv
-
+    Reads each cell's history and checks (``load_cells``); cells without them are left out."""
     from ..plots import plot_run_comparison
 
+    cells = load_cells(bench_dir)
+
     def load(r: dict):
-        cell = bench_dir / "cells" / r["cell"]
-        if not (cell / "history.json").exists() or not (cell / "checks.csv").exists():
+        record = cells.get(r["cell"])
+        if record is None or record["history"] is None or record["checks"] is None:
             return None
-        with open(cell / "checks.csv", newline="") as f:
-            checks = [{"epoch": int(c["epoch"]), "step": int(c["step"]), "acm": float(c["acm"]),
-                       "accepted": c["accepted"] == "True"} for c in csv.DictReader(f)]
-        return json.loads((cell / "history.json").read_text()), checks
+        return record["history"], record["checks"]
 
     chosen = select_by_validation(results, select)
     for attack in dict.fromkeys(r["attack"] for r in results):
@@ -269,3 +352,50 @@ def plot_checks(results: list[dict], bench_dir: Path, select: dict[str, list[str
         if runs:
             plot_run_comparison(runs, bench_dir / "plots" / f"checks-{attack}.png",
                                 title=f"training data: {attack} (seed {seed}); red x: rolled back / rejected")
+
+
+def write_cell_plots(bench_dir: str | Path) -> int:
+    """Rebuild each cell's plots/ (accuracy.png, acm.png, multipliers.png, as the trainer draws
+    them) under bench_dir/cells/<id>/ from its record; returns how many cells got plots."""
+    from ..models import build_model
+    from ..plots import plot_accuracy, plot_acm, plot_multipliers
+    from .config import load_config
+
+    bench_dir = Path(bench_dir)
+    bench = load_config(bench_dir / "bench.yaml") if (bench_dir / "bench.yaml").exists() else None
+    unit_names = {}  # arch -> names; a model's units do not depend on its classes or channels
+    done = 0
+    for cell_id, record in load_cells(bench_dir).items():
+        history, result = record["history"], record["result"]
+        if not history:
+            continue
+        config = {**result, **(record["config"] or {})}
+        plots = bench_dir / "cells" / cell_id / "plots"
+        poison = "" if result["attack"] == "clean" else f" ({result['attack']})"
+        title = f"{config['method'].upper()} {config['arch']} on {config['dataset']}{poison}"
+        plot_accuracy(history, plots / "accuracy.png", title=title)
+        if record["checks"]:
+            tau = _absolute_tau(bench, result) if bench else None
+            plot_acm(history, record["checks"], tau, plots / "acm.png", title=title)
+        if "multipliers" in history[0]:
+            if config["arch"] not in unit_names:
+                unit_names[config["arch"]] = build_model(config["arch"]).unit_names()
+            names = unit_names[config["arch"]]
+            if len(names) != len(history[0]["multipliers"]):
+                names = [f"unit {i + 1}" for i in range(len(history[0]["multipliers"]))]
+            plot_multipliers(history, names, plots / "multipliers.png", title=title)
+        done += 1
+    return done
+
+
+def _absolute_tau(bench, result: dict) -> float | None:
+    """The tau a cell's ACM plot marks: the cell's own (variants applied), for the absolute
+    trigger only, as StagedTrainer.finish draws it."""
+    import dataclasses
+
+    from .config import Cell
+    from .runner import cell_configs
+
+    cell = Cell(**{f.name: result[f.name] for f in dataclasses.fields(Cell)})
+    st = cell_configs(bench, cell, None, "cpu")[1]
+    return st.tau if st.trigger == "absolute" else None
