@@ -25,91 +25,16 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
 
 import torch
 
-from .config import TrainConfig, pick_fields
+from .config import STConfig, TrainConfig
 from .data import ImageDataset
 from .errors import UserError
+from .methods import METHODS, TRIGGERS, MethodSpec  # noqa: F401  (re-exported)
 from .schedule import get_rule
 from .trainer import EpochMeter, Trainer, cosine_lr
-from .utils import atomic_write_text
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    cg: bool          # CG augmentation in step 1
-    policy: str       # "none" | "staged" | "stop"
-    finetune: bool    # step 2: CG fine-tune of all units
-
-
-METHODS: dict[str, MethodSpec] = {
-    "nt": MethodSpec(False, "none", False),
-    "nt-cg": MethodSpec(True, "none", False),
-    "st": MethodSpec(False, "staged", False),
-    "st-cg": MethodSpec(True, "staged", False),
-    "st-full": MethodSpec(True, "staged", True),
-    "nt-cg-ft": MethodSpec(True, "none", True),
-    "acm-es": MethodSpec(False, "stop", False),
-    "acm-es-ft": MethodSpec(False, "stop", True),
-    # ST-Full with the multipliers replaced by stopping: isolates what the staged lrs add
-    "acm-es-cg-ft": MethodSpec(True, "stop", True),
-}
-
-TRIGGERS = ("absolute", "relative", "rise")
-
-
-@dataclass
-class STConfig:
-    method: str = "st"
-    tau: float = 3.5             # ACM threshold, t-SNE ACM (chosen from measurements: docs/st.md)
-    alpha: float = 0.25          # front speed of the multipliers
-    trigger: str = "absolute"    # absolute: ACM > tau; relative: ACM > tau * ACM(first check);
-                                 # rise: ACM - ACM(last accepted) > tau
-    rollback: str = "consume"    # consume (paper) | retry
-    check_every: int | None = None   # optimizer steps between checks (None: once per epoch)
-    freeze_bn: bool = False      # units with multiplier 0 stop updating BatchNorm statistics
-    acm_layer: str | None = None     # unit whose output ACM reads (None: penultimate)
-    acm_per_class: int | None = None # None: 100 per class (<= 10 classes) else 50 (paper sizes)
-    acm_classes: int | None = 10     # first k classes (paper: 10); None = all
-    acm_embedding: str | None = "tsne"
-    acm_radius: str = "mean"
-    acm_backend: str = "auto"
-    log_acm: bool = True         # measure ACM for policy "none" too (costs one ACM per check)
-    multiplier_rule: str = "linear"
-    max_rollbacks: int = 50      # in total; reaching it ends step 1
-    max_retries: int = 3         # per epoch, rollback="retry" only
-    ft_epochs: int = 2           # step 2 length (fine-tune methods)
-    ft_lr: float = 0.01          # step 2 base lr (cosine-decayed over ft_epochs)
-
-    def validate(self) -> STConfig:
-        checks = [
-            (self.method in METHODS, f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}"),
-            (self.trigger in TRIGGERS, f"trigger must be one of {', '.join(TRIGGERS)}, got {self.trigger!r}"),
-            (self.rollback in ("consume", "retry"), f"rollback must be consume or retry, got {self.rollback!r}"),
-            (self.check_every is None or self.check_every >= 1, "check_every must be >= 1 steps"),
-            (self.alpha >= 0, f"alpha must be >= 0, got {self.alpha}"),
-            (self.max_rollbacks >= 0 and self.max_retries >= 0, "rollback caps must be >= 0"),
-            (self.ft_epochs >= 0 and self.ft_lr >= 0, "ft_epochs and ft_lr must be >= 0"),
-            (self.acm_per_class is None or self.acm_per_class >= 2, "acm_per_class must be >= 2"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise UserError(msg)
-        get_rule(self.multiplier_rule)
-        return self
-
-    @property
-    def spec(self) -> MethodSpec:
-        return METHODS[self.method]
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> STConfig:
-        return cls(**pick_fields(cls, d)).validate()
+from .utils import Eta, atomic_write_text
 
 
 def trigger_fires(kind: str, acm: float, tau: float, first: float | None, last_accepted: float | None) -> bool:
@@ -128,11 +53,14 @@ class StagedTrainer(Trainer):
     """NT plus ACM checks, rollbacks, per-unit multipliers and the CG fine-tune."""
 
     def __init__(self, cfg: TrainConfig, st: STConfig, train_set: ImageDataset,
-                 test_set: ImageDataset | None, run_dir=None, progress: bool = True, model=None):
+                 test_set: ImageDataset | None, run_dir=None, progress: bool = True, model=None,
+                 **run_identity):
+        """``run_identity``: ``writer`` and ``run_extra`` (see :class:`Trainer`)."""
         self.st = st.validate()
         cfg = dataclasses.replace(cfg, cg=cfg.cg or st.spec.cg)
         self.method = st.method
-        super().__init__(cfg, train_set, test_set, run_dir=run_dir, progress=progress, model=model)
+        super().__init__(cfg, train_set, test_set, run_dir=run_dir, progress=progress, model=model,
+                         **run_identity)
         self.rule = get_rule(st.multiplier_rule)
         self.acm_unit = self._resolve_acm_layer(st.acm_layer)
         self.acm_idx = self._acm_subset(train_set)
@@ -216,6 +144,9 @@ class StagedTrainer(Trainer):
                     "ft_epoch": getattr(self, "ft_epoch", 0)}
         return sd
 
+    def run_record(self) -> dict:
+        return {**super().run_record(), "st": self.st.to_dict()}
+
     def load_state_dict(self, sd: dict) -> None:
         super().load_state_dict(sd)
         st = sd["st"]
@@ -241,7 +172,7 @@ class StagedTrainer(Trainer):
         self._write_config()
         total = self.cfg.epochs + (self.st.ft_epochs if self.st.spec.finetune else 0)
         end = total if stop_after is None else min(stop_after, total)
-        t_start, start = time.perf_counter(), len(self.history)
+        eta = Eta()
         if self.accepted is None:
             self.accepted = self.snapshot()
         while self.phase != "done" and len(self.history) < end:
@@ -256,20 +187,13 @@ class StagedTrainer(Trainer):
                 self.accepted = self.snapshot()
             self.save_checkpoint()
             self.write_history()
-            done = len(self.history) - start
-            eta = (time.perf_counter() - t_start) / max(1, done) * max(0, total - len(self.history))
-            self.log(self._summary(row) + f"  eta {self._fmt_eta(eta)}")
+            eta.tick()
+            self.log(self._summary(row) + f"  eta {eta.left(total - len(self.history))}")
         if self.phase == "done" or len(self.history) >= total:
             self.phase = "done"
             self.save_checkpoint()
             self.finish()
         return self.history
-
-    @staticmethod
-    def _fmt_eta(seconds: float) -> str:
-        from .utils import format_duration
-
-        return format_duration(seconds)
 
     def _maybe_end_step1(self) -> None:
         staged = self.st.spec.policy == "staged"

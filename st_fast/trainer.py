@@ -31,15 +31,21 @@ from .data import DeviceLoader, ImageDataset, load_dataset
 from .errors import UserError
 from .models import UnitNet, build_model
 from .utils import (
+    Eta,
     atomic_torch_save,
     atomic_write_json,
     atomic_write_text,
-    format_duration,
     resolve_device,
     seed_everything,
 )
 
 CHECKPOINT = "checkpoint.pt"
+# Version 2: loads with weights_only=True and records the run it belongs to ("run"), so a
+# resume can refuse a changed setting. Earlier checkpoints recorded too little to tell.
+CHECKPOINT_FORMAT = "st_fast-checkpoint-2"
+# TrainConfig fields that do not change a run's result (where the data lives, how it got
+# there, the device string: the resolved device type is compared instead)
+NOT_RESULT_FIELDS = ("device", "data_root", "download", "poison")
 
 
 def prepare_data(cfg: TrainConfig, with_val: bool = False):
@@ -60,6 +66,11 @@ def prepare_data(cfg: TrainConfig, with_val: bool = False):
         train = clean.with_images(poisoned.images, poison=poisoned.meta)
         if poisoned.meta.get("subset") is not None:
             pool = torch.as_tensor(poisoned.meta["subset"], dtype=torch.long)
+    for name, size, n in (("train_subset", cfg.train_subset, len(clean) - cfg.val_size),
+                          ("test_subset", cfg.test_subset, len(test)), ("val_size", cfg.val_size, len(clean) - 1)):
+        if size is not None and size > n:
+            raise UserError(f"{name} must be at most {n} for {cfg.dataset} ({len(clean)} training, "
+                            f"{len(test)} test images), got {size}")
     g = torch.Generator().manual_seed(cfg.seed)
     val_idx = torch.empty(0, dtype=torch.long)
     if cfg.val_size:
@@ -140,8 +151,13 @@ class Trainer:
     method = "nt"
 
     def __init__(self, cfg: TrainConfig, train_set: ImageDataset, test_set: ImageDataset | None,
-                 run_dir: str | Path | None = None, progress: bool = True, model: UnitNet | None = None):
+                 run_dir: str | Path | None = None, progress: bool = True, model: UnitNet | None = None,
+                 writer: str = "api", run_extra: dict | None = None):
         self.cfg = cfg.validate()
+        # who writes the run directory ("train", "demo", "tune", "bench", "api") and what else
+        # defines the run (a bench cell's defence); both are checked on resume
+        self.writer = writer
+        self.run_extra = dict(run_extra or {})
         from .distributed import setup
 
         self.dist, self.device = setup(resolve_device(cfg.device))
@@ -282,7 +298,22 @@ class Trainer:
             "augment": self.augment.state_dict() if self.augment is not None else None,
             "config": self.cfg.to_dict(),
             "method": self.method,
+            "format": CHECKPOINT_FORMAT,
+            "run": self.run_record(),
         }
+
+    def run_record(self) -> dict:
+        """Everything that decides this run's result, as plain values: a checkpoint whose
+        record differs belongs to another run."""
+        train = {k: v for k, v in self.cfg.to_dict().items() if k not in NOT_RESULT_FIELDS}
+        if self.cfg.poison:
+            if not hasattr(self, "_poison_sha256"):
+                from .files import file_sha256
+
+                self._poison_sha256 = file_sha256(self.cfg.poison)
+            train["poison_sha256"] = self._poison_sha256
+        return {"writer": self.writer, "method": self.method, "device_type": self.device.type,
+                "train": train, **self.run_extra}
 
     def load_state_dict(self, sd: dict) -> None:
         self.model.load_state_dict(sd["model"])
@@ -309,19 +340,22 @@ class Trainer:
         if self.writes_files:
             atomic_torch_save(self.state_dict(), self.run_dir / CHECKPOINT)
 
-    def try_resume(self) -> bool:
-        """Load run_dir/checkpoint.pt if it exists; True if training resumes from it."""
+    def try_resume(self, require: bool = False) -> bool:
+        """Load run_dir/checkpoint.pt if it exists; True if training resumes from it.
+
+        The checkpoint must be this run's: every setting that changes the result must match
+        (else one line lists each differing field, old -> new). ``require``: a missing
+        checkpoint is an error too. Nothing in the file can run code (weights_only)."""
+        from .files import load_torch_file
+
         path = self.run_dir / CHECKPOINT if self.run_dir else None
         if path is None or not path.exists():
+            if require:
+                raise UserError(f"{path or 'no run directory'}: no checkpoint to resume; "
+                                "drop --resume to start a new run")
             return False
-        try:
-            sd = torch.load(path, map_location=self.device, weights_only=False)
-        except Exception as err:  # a foreign or damaged file: say so, never half-load it
-            raise UserError(f"{path}: cannot read checkpoint ({err}); delete it to start over") from err
-        if sd.get("method") != self.method or sd.get("config", {}).get("arch") != self.cfg.arch:
-            raise UserError(f"{path} belongs to a different run (method {sd.get('method')}, arch "
-                            f"{sd.get('config', {}).get('arch')}); use another --out directory")
-        self.load_state_dict(sd)
+        check_same_run(path, peek_checkpoint(self.run_dir, self.writer), self.run_record())
+        self.load_state_dict(load_torch_file(path, "st_fast checkpoint", map_location=self.device))
         return True
 
     # ------------------------------------------------------------------ loop
@@ -332,8 +366,7 @@ class Trainer:
         ``cfg.epochs``), as an interruption would; ``resume`` continues from there.
         """
         self._write_config()
-        t_start = time.perf_counter()
-        start_epoch = self.epoch
+        eta = Eta()
         end = self.cfg.epochs if stop_after is None else min(stop_after, self.cfg.epochs)
         while self.epoch < end:
             row = self.run_epoch(self.epoch)
@@ -341,9 +374,8 @@ class Trainer:
             self.history.append(row)
             self.save_checkpoint()
             self.write_history()
-            done = self.epoch - start_epoch
-            eta = (time.perf_counter() - t_start) / done * (self.cfg.epochs - self.epoch)
-            self.log(self._summary(row) + f"  eta {format_duration(eta)}")
+            eta.tick()
+            self.log(self._summary(row) + f"  eta {eta.left(self.cfg.epochs - self.epoch)}")
         if self.epoch >= self.cfg.epochs:
             self.finish()
         return self.history
@@ -388,6 +420,47 @@ class Trainer:
             return
         atomic_write_json(self.run_dir / "history.json", self.history)
         atomic_write_text(self.run_dir / "history.csv", rows_to_csv(self.history))
+
+
+def peek_checkpoint(run_dir: Path, writer: str) -> dict | None:
+    """The run record of ``run_dir``'s checkpoint (None if there is none), refusing, before any
+    work, a file that is not a current st_fast checkpoint or was written by another command."""
+    from .files import load_torch_file
+
+    path = Path(run_dir) / CHECKPOINT
+    if not path.exists():
+        return None
+    sd = load_torch_file(path, "st_fast checkpoint", hint="delete it to start over, or use another --out")
+    if not isinstance(sd, dict) or sd.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path}: not an st_fast checkpoint of format {CHECKPOINT_FORMAT} (an older "
+                        "version's checkpoint records too little of its run to be resumed safely); "
+                        "delete it to start over, or use another --out")
+    record = sd.get("run", {})
+    if record.get("writer") != writer:
+        raise UserError(f"{path} belongs to another run (writer {record.get('writer')!r} -> {writer!r}: "
+                        f"written by another command); use another --out")
+    return record
+
+
+def _flat(record: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in record.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_same_run(path, old: dict, new: dict) -> None:
+    """One line naming every field whose value differs between a checkpoint and this run."""
+    a, b = _flat(old), _flat(new)
+    diffs = [f"{k.split('.', 1)[-1] if k.startswith(('train.', 'st.')) else k} "
+             f"{a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}"
+             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    if diffs:
+        raise UserError(f"{path} belongs to another run ({'; '.join(diffs)}); resume with the same "
+                        "settings, or start in another --out")
 
 
 class EpochMeter:

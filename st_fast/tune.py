@@ -30,7 +30,7 @@ def tune(cfg: TrainConfig, st: STConfig, taus: list[float], alphas: list[float],
     for tau, alpha in itertools.product(taus, alphas):
         run_st = dataclasses.replace(st, tau=tau, alpha=alpha)
         trainer = StagedTrainer(cfg, run_st, train, None, run_dir=out / f"tau{tau:g}-alpha{alpha:g}",
-                                progress=progress)
+                                progress=progress, writer="tune")
         trainer.try_resume()
         trainer.fit()
         rows.append({"tau": tau, "alpha": alpha, "val_acc": trainer.evaluate(val),

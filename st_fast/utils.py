@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import io
-import json
 import os
 import random
-import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -34,57 +30,35 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = ".tmp"):
-    """Yield a temporary path next to ``path``; rename it over ``path`` only on success.
-
-    A crash mid-write leaves the old file (or none), never a half-written one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+# file helpers live in st_fast.files; re-exported here for existing callers
+from .files import (  # noqa: E402,F401
+    atomic_path,
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+class Eta:
+    """Time left from a smoothed rate: an exponential moving average of the seconds per unit
+    (epoch), so a machine that becomes busy (or idle) moves the estimate within a few units,
+    where a cumulative average would lag for the rest of the run."""
 
+    def __init__(self, smoothing: float = 0.5):
+        self.smoothing = smoothing
+        self.per_unit: float | None = None
+        self._last = time.perf_counter()
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    def tick(self, units: int = 1) -> None:
+        now = time.perf_counter()
+        sample = (now - self._last) / max(1, units)
+        self._last = now
+        self.per_unit = sample if self.per_unit is None else (
+            self.smoothing * sample + (1 - self.smoothing) * self.per_unit)
 
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def _json_default(o: Any):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, (np.ndarray, torch.Tensor)):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+    def left(self, units_left: int) -> str:
+        return format_duration((self.per_unit or 0.0) * max(0, units_left))
 
 
 def format_duration(seconds: float) -> str:

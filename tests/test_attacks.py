@@ -195,7 +195,7 @@ def test_truncated_and_foreign_files_refused(tmp_path, gray):
     path = attacks.generate("sp", gray).save(tmp_path / "p.pt")
     data = path.read_bytes()
     (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(UserError, match="not a readable"):
+    with pytest.raises(UserError, match="not a valid poisoned-set file"):
         attacks.load(tmp_path / "trunc.pt")
     torch.save({"model": torch.zeros(3)}, tmp_path / "ckpt.pt")
     with pytest.raises(UserError, match="not an st_fast poisoned-set"):

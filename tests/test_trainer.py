@@ -19,14 +19,16 @@ def _trainer(tmp_path, **kw):
                    progress=False)
 
 
-def test_one_epoch_learns_and_writes_run_dir(tmp_path):
-    t = _trainer(tmp_path, epochs=1)
+def test_training_learns_and_writes_run_dir(tmp_path):
+    t = _trainer(tmp_path, epochs=2, seed=0)
     hist = t.fit()
-    assert len(hist) == 1 and 0 <= hist[0]["test_acc"] <= 1
-    assert hist[0]["images_per_s"] > 0
+    assert len(hist) == 2 and all(r["images_per_s"] > 0 for r in hist)
+    # four classes (chance 0.25) told apart by brightness: measured 0.75 after two epochs
+    assert hist[-1]["test_acc"] >= 0.6
+    assert hist[-1]["train_loss"] < 0.5 * hist[0]["train_loss"]
     for name in ("config.json", "history.csv", "history.json", "checkpoint.pt", "plots/accuracy.png"):
         assert (tmp_path / name).exists(), name
-    assert json.loads((tmp_path / "history.json").read_text())[0]["epoch"] == 1
+    assert [r["epoch"] for r in json.loads((tmp_path / "history.json").read_text())] == [1, 2]
     assert not list(tmp_path.glob(".*tmp"))  # no temporary files left behind
 
 
@@ -43,7 +45,7 @@ def test_resume_matches_uninterrupted(tmp_path):
 
 def test_damaged_checkpoint_is_refused(tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="cannot read checkpoint"):
+    with pytest.raises(UserError, match="not a valid st_fast checkpoint"):
         _trainer(tmp_path).try_resume()
 
 

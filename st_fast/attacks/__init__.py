@@ -12,8 +12,17 @@ from __future__ import annotations
 
 # importing the attack modules registers them in ATTACKS
 from . import adversarial, autoregressive, error_min, hypocritical, ops, synthetic  # noqa: F401
-from .base import ALIASES, ATTACKS, AttackOutput, PoisonedSet, generate, resolve, select_ratio
+from .base import (
+           ALIASES,
+           ATTACKS,
+           AttackOutput,
+           PoisonedSet,
+           check_params,
+           generate,
+           resolve,
+           select_ratio,
+)
 from .fileformat import from_images, from_perturbation, from_png_folder, import_any, load, save
 
-__all__ = ["generate", "load", "save", "PoisonedSet", "ATTACKS", "ALIASES", "AttackOutput", "resolve",
+__all__ = ["generate", "check_params", "load", "save", "PoisonedSet", "ATTACKS", "ALIASES", "AttackOutput", "resolve",
            "select_ratio", "from_perturbation", "from_images", "from_png_folder", "import_any"]

@@ -170,6 +170,61 @@ def quantize(clean: torch.Tensor, delta: torch.Tensor, norm: str, bound: float) 
     return out.to(torch.uint8)
 
 
+# ---------------------------------------------------------------- parameter checks
+
+# budgets, sizes and counts that only make sense > 0 (others, e.g. grad_clip=0 "off" or a
+# stop_acc that is never reached, keep any finite value)
+POSITIVE_PARAMS = {"eps", "step_size", "lr", "batch_size", "steps", "epochs", "samples", "train_steps",
+                   "max_rounds", "patch_size", "pixels", "window", "perturb_freq", "lr_decay_freq"}
+
+
+def check_params(name: str, params: dict, *, ratio: float = 1.0, seed: int = 0,
+                 subset: int | None = None, source: str = "") -> dict:
+    """The attack's defaults overridden by ``params``, checked before any work: known names;
+    each value of its default's type (an int where the default is an int, a finite number
+    where it is a float, ...); sizes and step counts >= 1, budgets and step sizes > 0;
+    ``ratio`` in [0, 1], ``seed`` >= 0, ``subset`` >= 1. One line naming the parameter."""
+    import math
+
+    spec = resolve(name)
+    where = f"{source}: " if source else ""
+    unknown = sorted(set(params) - set(spec.defaults))
+    if unknown:
+        raise UserError(f"{where}attack {spec.name} has no parameter(s) {', '.join(unknown)}; "
+                        f"known: {', '.join(sorted(spec.defaults)) or 'none'}")
+    p = {**spec.defaults, **{k: v for k, v in params.items() if v is not None}}
+
+    def bad(key, value, what):
+        raise UserError(f"{where}{spec.name} parameter {key} must be {what}, got {value!r}")
+
+    for key, value in p.items():
+        default = spec.defaults[key]
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                bad(key, value, "true or false")
+        elif isinstance(default, (int, float)) or (default is None and isinstance(value, (int, float))):
+            is_int = isinstance(default, int)
+            if isinstance(value, bool) or not isinstance(value, int if is_int else (int, float)):
+                bad(key, value, "an integer" if is_int else "a number")
+            if not math.isfinite(value):
+                bad(key, value, "a finite number")
+            if key in POSITIVE_PARAMS and not value > 0:
+                bad(key, value, "> 0" if not is_int else "an integer >= 1")
+        elif isinstance(default, str) and not isinstance(value, str):
+            bad(key, value, "a string")
+    if "arch" in p:
+        from ..models import canonical_arch
+
+        canonical_arch(p["arch"])
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) <= 1.0:
+        raise UserError(f"{where}ratio must be in [0, 1] (the fraction of the training set to poison), got {ratio!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise UserError(f"{where}seed must be an integer >= 0, got {seed!r}")
+    if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset < 1):
+        raise UserError(f"{where}subset must be an integer >= 1, got {subset!r}")
+    return p
+
+
 # ---------------------------------------------------------------- the public entry point
 
 def generate(name: str, dataset, *, ratio: float = 1.0, seed: int = 0, subset: int | None = None,
@@ -183,13 +238,7 @@ def generate(name: str, dataset, *, ratio: float = 1.0, seed: int = 0, subset: i
     from ..utils import resolve_device
 
     spec = resolve(name)
-    unknown = sorted(set(params) - set(spec.defaults))
-    if unknown:
-        raise UserError(f"attack {spec.name} has no parameter(s) {', '.join(unknown)}; "
-                        f"known: {', '.join(sorted(spec.defaults)) or 'none'}")
-    p = {**spec.defaults, **{k: v for k, v in params.items() if v is not None}}
-    if "eps" in p and not float(p["eps"]) > 0:
-        raise UserError(f"eps must be > 0, got {p['eps']}")
+    p = check_params(spec.name, params, ratio=ratio, seed=seed, subset=subset)
     n = len(dataset)
     bound = float(spec.bound(p, tuple(dataset.images.shape[1:])))
     pool = subset_indices(n, subset, seed).sort().values if subset else torch.arange(n)

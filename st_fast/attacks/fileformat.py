@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..files import load_torch_file
 from ..utils import atomic_write_bytes
 from .base import FORMAT_VERSION, NORMS, PoisonedSet, quantize, realised_norms
 
@@ -65,12 +66,8 @@ def load(path: str | Path, dataset=None) -> PoisonedSet:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such poisoned-set file; make one with `st-fast poison`")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated, foreign pickle, not a torch file at all
-        raise UserError(f"{path}: not a readable poisoned-set file ({type(err).__name__}: "
-                        f"{str(err).splitlines()[0][:200]}); regenerate it with `st-fast poison` "
-                        "or import raw data with `st-fast poison --from`") from err
+    blob = load_torch_file(path, "poisoned-set file", hint="regenerate it with `st-fast poison` "
+                           "or import raw data with `st-fast poison --from`")
     if not isinstance(blob, dict) or blob.get("magic") != MAGIC:
         raise UserError(f"{path}: not an st_fast poisoned-set file (no '{MAGIC}' header); "
                         "import foreign perturbations with `st-fast poison --from FILE`")
@@ -173,11 +170,12 @@ def _read_array(source) -> tuple[object, str]:
                 if len(keys) != 1:
                     raise UserError(f"{p}: .npz must hold exactly one array, found {keys}")
                 return z[keys[0]], str(p)
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        obj = load_torch_file(p, "array file")
     except UserError:
         raise
     except Exception as err:
-        raise UserError(f"{p}: cannot read an array from it ({type(err).__name__}: {err})") from err
+        raise UserError(f"{p}: cannot read an array from it ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0][:200]})") from None
     if isinstance(obj, dict):
         tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
         for key in ("perturbation", "delta", "noise", "images", "data"):
@@ -305,8 +303,8 @@ def import_any(source, dataset, **kw) -> PoisonedSet:
         return from_png_folder(p, dataset, **{k: v for k, v in kw.items() if k in ("attack", "norm", "eps")})
     if p is not None and p.suffix not in (".npy", ".npz") and p.is_file():
         try:
-            blob = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception:
+            blob = load_torch_file(p, "poisoned-set file")
+        except UserError:  # not an st_fast file: read it as an array below (which says why not)
             blob = None
         if isinstance(blob, dict) and blob.get("magic") == MAGIC:
             return load(p, dataset=dataset)

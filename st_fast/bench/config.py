@@ -110,26 +110,30 @@ def parse_config(raw, source: str = "config") -> BenchConfig:
 
 
 def validate(cfg: BenchConfig, source: str = "config") -> None:
+    from ..attacks import check_params
     from ..attacks import resolve as resolve_attack
-    from ..data import DATASETS
-    from ..defences import resolve as resolve_defence
-    from ..models import ARCHITECTURES
-    from ..st import STConfig
+    from ..config import STConfig
+    from ..data import canonical_dataset
+    from ..models import canonical_arch
 
-    if cfg.dataset.lower() not in DATASETS:
-        raise UserError(f"{source}: unknown dataset {cfg.dataset!r}; choose one of: {', '.join(DATASETS)}")
-    for a in cfg.attacks:
-        if a != "clean":
-            try:
+    try:  # the aliases load_dataset and build_model accept are accepted here too
+        cfg.dataset = canonical_dataset(cfg.dataset)
+        cfg.architectures = [canonical_arch(a) for a in cfg.architectures]
+        for a in cfg.attacks:
+            if a != "clean":
                 resolve_attack(a)
-            except (UserError, KeyError) as err:
-                raise UserError(f"{source}: unknown attack {a!r} ({err})") from None
-    for arch in cfg.architectures:
-        if arch not in ARCHITECTURES:
-            raise UserError(f"{source}: unknown architecture {arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
+    except UserError as err:
+        raise UserError(f"{source}: {err}") from None
     for r in cfg.ratios:
-        if not 0 < float(r) <= 1:
-            raise UserError(f"{source}: ratio {r} must be in (0, 1]")
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < float(r) <= 1:
+            raise UserError(f"{source}: ratios: each must be a number in (0, 1], got {r!r}")
+    for key, values in (("seeds", cfg.seeds), ("poison_seed", [cfg.poison_seed])):
+        for s in values:
+            if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+                raise UserError(f"{source}: {key}: each must be an integer >= 0, got {s!r}")
+    for key in ("train", "st", "attack_params", "variants", "select", "report"):
+        if not isinstance(getattr(cfg, key), dict):
+            raise UserError(f"{source}: '{key}' must be a mapping, got {getattr(cfg, key)!r}")
     for name, spec in cfg.variants.items():
         if not isinstance(spec, dict) or "base" not in spec:
             raise UserError(f"{source}: variant {name!r} needs a 'base' (a method or defence) and overrides")
@@ -139,16 +143,34 @@ def validate(cfg: BenchConfig, source: str = "config") -> None:
         if not cfg.train.get("val_size"):
             raise UserError(f"{source}: select needs clean validation images: set train.val_size (e.g. 20)")
     validate_report(cfg.report, list(cfg.defences) + list(cfg.select), source)
-    for d in cfg.defences:
-        if d not in cfg.variants:
-            resolve_defence(d)
-        else:
-            resolve_defence(cfg.variants[d]["base"])
-    try:
-        TrainConfig.from_dict(cfg.train)
-        STConfig.from_dict(cfg.st)
-    except TypeError as err:
-        raise UserError(f"{source}: {err}") from None
+    TrainConfig.from_dict({**cfg.train, "dataset": cfg.dataset}, source=f"{source}: train")
+    STConfig.from_dict(cfg.st, source=f"{source}: st")
+    for d in cfg.defences:  # every cell's configs, built now: a bad value stops the bench before any work
+        defence_configs(cfg, d, source=f"{source}: defence {d}")
+    for a in cfg.attacks:
+        if a != "clean":
+            params = cfg.attack_params.get(a, {})
+            if not isinstance(params, dict):
+                raise UserError(f"{source}: attack_params.{a} must be a mapping, got {params!r}")
+            for r in cfg.ratios:
+                check_params(a, {k: v for k, v in params.items() if k not in ("ratio", "seed", "subset")},
+                             ratio=params.get("ratio", r), seed=params.get("seed", cfg.poison_seed),
+                             subset=params.get("subset"), source=f"{source}: attack_params.{a}")
+
+
+def defence_configs(cfg: BenchConfig, name: str, source: str = "config", **fixed):
+    """(TrainConfig, STConfig, Defence) of defence ``name`` in this bench (a variant's base and
+    overrides applied); ``fixed``: per-cell TrainConfig fields (arch, seed, poison, device)."""
+    from ..config import STConfig
+    from ..defences import resolve
+
+    variant = dict(cfg.variants.get(name, {}))
+    defence = resolve(variant.pop("base", name))
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    train = {**cfg.train, **defence.train_overrides, **{k: v for k, v in variant.items() if k in train_fields}}
+    train.update(dataset=cfg.dataset, data_root=cfg.data_root, **fixed)
+    st = {**cfg.st, **{k: v for k, v in variant.items() if k not in train_fields}, "method": defence.method}
+    return (TrainConfig.from_dict(train, source=source), STConfig.from_dict(st, source=source), defence)
 
 
 def parse_pair(spec: str, source: str = "--paired") -> tuple[str, str]:

@@ -7,8 +7,8 @@
                                       (then checkpoint.pt is deleted unless keep_checkpoints)
     OUT/results.jsonl, results.csv, results.md, plots/   rebuilt after every cell
 
-A finished cell is skipped; an interrupted one continues from its last atomic checkpoint
-(or starts over if that checkpoint cannot be read).
+A finished cell is skipped; an interrupted one continues from its last atomic checkpoint, which
+must be that cell's own (same config; loaded without running code): anything else is refused.
 
 Several copies of the same command may share one OUT (e.g. one per CPU core with
 OMP_NUM_THREADS=1, or one per GPU): each claims a cell (or a poison it is generating) by
@@ -21,16 +21,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import socket
 import sys
 import time
 from pathlib import Path
 
-from ..config import TrainConfig
-from ..errors import UserError
 from ..utils import atomic_write_json, atomic_write_text, machine_info
-from .config import BenchConfig, Cell
+from .config import BenchConfig, Cell, defence_configs
 
 
 def poison_path(out: Path, cfg: BenchConfig, cell: Cell) -> Path | None:
@@ -121,17 +118,8 @@ def _generate_poison(path: Path, cfg: BenchConfig, cell: Cell, device: str) -> N
 
 def cell_configs(cfg: BenchConfig, cell: Cell, poison: Path | None, device: str):
     """The TrainConfig, STConfig and Defence of one cell (variants and defence overrides applied)."""
-    from ..defences import resolve
-    from ..st import STConfig
-
-    variant = dict(cfg.variants.get(cell.defence, {}))
-    defence = resolve(variant.pop("base", cell.defence))
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    train = {**cfg.train, **defence.train_overrides, **{k: v for k, v in variant.items() if k in train_fields}}
-    train.update(dataset=cfg.dataset, arch=cell.arch, seed=cell.seed, device=device,
-                 data_root=cfg.data_root, poison=str(poison) if poison else None)
-    st = {**cfg.st, **{k: v for k, v in variant.items() if k not in train_fields}, "method": defence.method}
-    return TrainConfig.from_dict(train), STConfig.from_dict(st), defence
+    return defence_configs(cfg, cell.defence, source=cell.id, arch=cell.arch, seed=cell.seed,
+                           device=device, poison=str(poison) if poison else None)
 
 
 def run_cell(cfg: BenchConfig, cell: Cell, out: Path, device: str, progress: bool) -> dict:
@@ -145,15 +133,14 @@ def run_cell(cfg: BenchConfig, cell: Cell, out: Path, device: str, progress: boo
     train, test, val = prepare_data(tcfg, with_val=True)
     if defence.prepare is not None:
         train = defence.prepare(train, cell.seed)
-    trainer = StagedTrainer(tcfg, scfg, train, test, run_dir=run_dir, progress=progress)
+    trainer = StagedTrainer(tcfg, scfg, train, test, run_dir=run_dir, progress=progress, writer="bench",
+                            run_extra={"defence": cell.defence,
+                                       "variant": dict(cfg.variants.get(cell.defence, {}))})
     if defence.batch_transform is not None:
         trainer.batch_transform = defence.batch_transform(trainer)
-    try:
-        trainer.try_resume()
-    except UserError as err:  # unreadable checkpoint of an interrupted cell: start it over
-        print(f"[bench] {cell.id}: {err}; restarting the cell", file=sys.stderr)
-        shutil.rmtree(run_dir)
-        return run_cell(cfg, cell, out, device, progress)
+    # an interrupted cell continues; a checkpoint that is unreadable, foreign or of a changed
+    # config is refused (one line naming it), never silently deleted or half-loaded
+    trainer.try_resume()
     trainer.fit()
     s = trainer.summary()
     acc = [r["test_acc"] for r in trainer.history]

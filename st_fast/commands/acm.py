@@ -25,11 +25,12 @@ def add_parser(sub) -> None:
         "--classes", default=None,
         help="K (the first K classes) or a comma-separated list of labels; default: all",
     )  # fmt: skip
-    p.add_argument("--radius", choices=["mean", "rms", "max"], default="mean")
+    p.add_argument("--radius", choices=["mean", "rms", "max"], default="mean", help="class radius r_k")
     p.add_argument(
-        "--backend", choices=["auto", "exact", "cuml", "opentsne", "sklearn"], default="auto"
+        "--backend", choices=["auto", "exact", "cuml", "opentsne", "sklearn"], default="auto",
+        help="t-SNE backend (auto: the fastest available here)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the t-SNE / PCA")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto")
     p.add_argument("--plot", metavar="PNG", help="write a scatter of the 2-D embedding here")
     p.set_defaults(func=run)
@@ -40,6 +41,8 @@ def load_array(path: str, what: str):
     import numpy as np
     import torch
 
+    from ..files import load_torch_file
+
     file = Path(path)
     if not file.is_file():
         raise UserError(f"{what} file not found: {path}")
@@ -48,13 +51,13 @@ def load_array(path: str, what: str):
         if suffix == ".npy":
             return torch.from_numpy(np.load(file, allow_pickle=False))
         if suffix in (".pt", ".pth"):
-            obj = torch.load(file, map_location="cpu", weights_only=True)
+            obj = load_torch_file(file, f"{what} file")
         else:
             raise UserError(f"{what} must be a .npy or .pt file, got {file.name}")
     except UserError:
         raise
     except Exception as err:
-        raise UserError(f"could not read {what} from {path}: {err}") from None
+        raise UserError(f"could not read {what} from {path}: {str(err).splitlines()[0][:200]}") from None
     if isinstance(obj, dict):
         arrays = [v for v in obj.values() if isinstance(v, (torch.Tensor, np.ndarray))]
         if len(arrays) != 1:

@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default=None, help="output directory (default runs/bench/<name>)")
     p.add_argument("--only", default=None, help="run only cells whose id contains this text "
                    "(comma-separated: any of them; write --only=-st-s for a leading dash)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--dry-run", action="store_true", help="list the cells and exit")
     p.add_argument("--progress", action="store_true", help="show per-batch progress bars")
     p.set_defaults(func=run)

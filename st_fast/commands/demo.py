@@ -27,17 +27,18 @@ def add_parser(sub) -> None:
                                    "control, and prints clean test accuracy (final and peak). "
                                    "--scale cpu (default): Fashion-MNIST, a few minutes on 2 cores; "
                                    "--scale gpu: CIFAR-10, ResNet-18.")
-    p.add_argument("--scale", default="cpu", choices=tuple(SCALES))
+    p.add_argument("--scale", default="cpu", choices=tuple(SCALES),
+                   help="cpu: Fashion-MNIST, small ResNet; gpu: CIFAR-10, ResNet-18")
     p.add_argument("--attack", default="sp", help="model-free attack to poison with (sp, ar, ops)")
     p.add_argument("--out", default="runs/demo", help="where runs, tables and plots go")
     p.add_argument("--epochs", type=int, default=None, help="override the scale's epochs")
     p.add_argument("--train-subset", type=int, default=None, help="override the scale's subset")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods to run")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-root", default=None)
+    p.add_argument("--seed", type=int, default=0, help="seed of the poison and of every run")
+    p.add_argument("--data-root", default=None, help="directory holding the dataset files")
     p.add_argument("--download", action="store_true", help="download the dataset if missing")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no per-batch progress bar")
     p.set_defaults(func=run)
 
 
@@ -69,10 +70,11 @@ def ensure_fashion_mnist(root=None) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import attacks
     from ..config import TrainConfig
+    from ..files import check_writable
     from ..plots import plot_curves
     from ..st import METHODS as ALL_METHODS
     from ..st import StagedTrainer, STConfig
-    from ..trainer import prepare_data
+    from ..trainer import peek_checkpoint, prepare_data
     from ..utils import atomic_write_text
 
     dataset, arch, subset, epochs, ft_epochs = SCALES[args.scale]
@@ -82,7 +84,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(ALL_METHODS)}")
     if dataset == "fashion-mnist":
         ensure_fashion_mnist(args.data_root)
-    out = Path(args.out)
+    out = check_writable(Path(args.out), "demo output directory")
+    for method in methods:  # a checkpoint the demo did not write is refused before any work
+        peek_checkpoint(out / method, writer="demo")
     poison_file = out / f"{args.attack}.pt"
     cfg = TrainConfig(dataset=dataset, arch=arch, epochs=args.epochs or epochs, seed=args.seed,
                       train_subset=args.train_subset or subset, device=args.device,
@@ -97,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
     rows, curves = [], {}
     for method in methods:
         st = STConfig(method=method, ft_epochs=ft_epochs)
-        trainer = StagedTrainer(cfg, st, train, test, run_dir=out / method, progress=args.progress)
+        trainer = StagedTrainer(cfg, st, train, test, run_dir=out / method, progress=args.progress,
+                                writer="demo")
         trainer.try_resume()
         trainer.fit()
         s = trainer.summary()
@@ -109,6 +114,10 @@ def run(args: argparse.Namespace) -> int:
              "|---|---|---|---|---|---|\n")
     table += "".join(f"| {n} | {s['final_test_acc']:.4f} | {s['peak_test_acc_oracle']:.4f} | {s['rollbacks']} "
                      f"| {s['stop_reason'] or ''} | {s['time_train']:.0f} |\n" for n, s in rows)
+    table += ("\nfinal / peak: clean test accuracy after the last epoch / at the best epoch (peak is an "
+              "oracle: it looks at the test set, so it is never used to choose); rollbacks: how often "
+              "an ACM trigger rewound training; step-1 end: why staged training stopped before the "
+              "fine-tune; train s: seconds spent in optimizer steps.\n")
     atomic_write_text(out / "results.md", table)
     plot_curves(curves, out / "test_accuracy.png", "clean test accuracy", f"st-fast demo ({args.attack})")
     print(table)

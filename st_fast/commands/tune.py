@@ -22,14 +22,14 @@ def add_parser(sub) -> None:
                        description="Short ST runs over a tau x alpha grid, each scored by accuracy on "
                                    "--val-size clean training images held out of training. Writes "
                                    "tune.json and tune.csv under --out.")
-    add_st_args(p)
-    p.set_defaults(method="st-full")
-    p.add_argument("--taus", type=_floats, default=[1.5, 1.75, 2.0, 2.5])
-    p.add_argument("--alphas", type=_floats, default=[0.25, 0.5])
-    p.add_argument("--val-size", type=int, default=20)
-    p.add_argument("--out", default="runs/tune")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-    add_train_args(p)
+    add_st_args(p, defaults={"method": "st-full"})
+    p.add_argument("--taus", type=_floats, default=[1.5, 1.75, 2.0, 2.5],
+                   help="comma-separated tau values to try (default: 1.5,1.75,2,2.5)")
+    p.add_argument("--alphas", type=_floats, default=[0.25, 0.5],
+                   help="comma-separated alpha values to try (default: 0.25,0.5)")
+    p.add_argument("--out", default="runs/tune", help="where the grid's runs and tune.json go (default: runs/tune)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no per-batch progress bar")
+    add_train_args(p, defaults={"val_size": 20})
     p.set_defaults(func=run)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..errors import UserError
+from ..registry import canonical
 from .dataset import ImageDataset
 from .loader import DeviceLoader, crop_flip, random_crop_flip
 from .sources import LOADERS, STATS, cache_dir
@@ -10,17 +11,22 @@ from .sources import LOADERS, STATS, cache_dir
 DATASETS = tuple(LOADERS)
 
 __all__ = ["ImageDataset", "DeviceLoader", "crop_flip", "random_crop_flip", "load_dataset", "DATASETS",
-           "STATS", "cache_dir"]
+           "STATS", "cache_dir", "canonical_dataset"]
+
+
+ALIASES = {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10", "cifar-100": "cifar100",
+           "imagenet": "imagenet-mini"}
+
+
+def canonical_dataset(name: str, strict: bool = True) -> str:
+    """The registered name for dataset ``name`` or one of its aliases."""
+    return canonical(name, LOADERS, ALIASES, "dataset", strict)
 
 
 def load_dataset(name: str, split: str = "train", root=None, download: bool = False,
                  **kwargs) -> ImageDataset:
     """Load ``split`` ("train" or "test") of dataset ``name`` (see ``DATASETS``)."""
-    key = name.lower().replace("_", "-")
-    key = {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10", "cifar-100": "cifar100",
-           "imagenet": "imagenet-mini"}.get(key, key)
-    if key not in LOADERS:
-        raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    key = canonical_dataset(name)
     if split not in ("train", "test"):
         raise UserError(f"split must be 'train' or 'test', got {split!r}")
     return LOADERS[key](split=split, root=root, download=download, **kwargs)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import pickle
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import DataNotFoundError, UserError
+from ..files import restricted_unpickle  # arrays and lists only: a batch file never runs code
 from .dataset import ImageDataset
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -148,11 +148,11 @@ def _fashion_from_files(images_path: Path, labels_path: Path, split: str, source
 # ---------------------------------------------------------------- CIFAR-10 / CIFAR-100 (pickles)
 
 def _unpickle(path: Path) -> dict:
-    try:
-        with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
-    except (OSError, EOFError, pickle.UnpicklingError) as err:
-        raise UserError(f"{path}: cannot read CIFAR batch ({err}); delete it and fetch it again") from err
+    batch = restricted_unpickle(path, "CIFAR batch file")
+    if not isinstance(batch, dict):
+        raise UserError(f"{path}: not a valid CIFAR batch file (holds a {type(batch).__name__}, "
+                        "not a dict); delete it and fetch it again")
+    return batch
 
 
 def _load_cifar(name: str, folder: str, train_files: list[str], test_files: list[str],

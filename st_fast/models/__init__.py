@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..errors import UserError
+from ..registry import canonical
 from .base import Head, Normalize, UnitNet
 from .densenet import densenet121
 from .resnet import resnet18, resnet50, small_resnet
@@ -19,7 +20,15 @@ ARCHITECTURES = {
     "wrn34-10": wrn34_10,
 }
 
-__all__ = ["ARCHITECTURES", "build_model", "UnitNet", "Head", "Normalize", "unit_param_index"]
+__all__ = ["ARCHITECTURES", "build_model", "canonical_arch", "UnitNet", "Head", "Normalize", "unit_param_index"]
+
+
+ALIASES = {"wrn-28-10": "wrn28-10", "wrn-34-10": "wrn34-10", "resnet-small": "small-resnet"}
+
+
+def canonical_arch(name: str, strict: bool = True) -> str:
+    """The registered name for architecture ``name`` or one of its aliases."""
+    return canonical(name, ARCHITECTURES, ALIASES, "architecture", strict)
 
 
 def build_model(name: str, num_classes: int = 10, in_channels: int = 3, *, mean=None, std=None,
@@ -29,10 +38,7 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 3, *, mean=
     ``mean``/``std`` are the dataset's channel statistics (applied inside the model);
     ``image_size`` >= 96 switches ResNets/DenseNet to an ImageNet-style stem.
     """
-    key = name.lower().replace("_", "-")
-    key = {"wrn-28-10": "wrn28-10", "wrn-34-10": "wrn34-10", "resnet-small": "small-resnet"}.get(key, key)
-    if key not in ARCHITECTURES:
-        raise UserError(f"unknown architecture {name!r}; choose one of: {', '.join(ARCHITECTURES)}")
+    key = canonical_arch(name)
     if num_classes < 2 or in_channels < 1:
         raise UserError(f"need num_classes >= 2 and in_channels >= 1, got {num_classes}, {in_channels}")
     return ARCHITECTURES[key](num_classes=num_classes, in_channels=in_channels, mean=mean, std=std,
