@@ -5,6 +5,8 @@ process, caches the module, and raises ``ExtensionUnavailable`` with the reason 
 no C++ compiler or ninja, a failed check of the caller's (e.g. no CUDA toolkit), or a failed
 compile (remembered, so a broken toolchain costs one attempt per process). ninja keeps the
 build in the build directory, so later processes only check it (about a second) and import it.
+``detect()`` is the same as a reason (None when it loads): what the fast-path registry
+(st_fast.backends) calls, once per process.
 
 Build directory: $ST_FAST_EXTENSION_DIR, else torch's default ($TORCH_EXTENSIONS_DIR or
 ~/.cache/torch_extensions/<python>_<cuda>/<name>).
@@ -12,12 +14,14 @@ Build directory: $ST_FAST_EXTENSION_DIR, else torch's default ($TORCH_EXTENSIONS
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 
@@ -47,6 +51,15 @@ def toolchain_problem() -> str | None:
     return None
 
 
+def _summary(exc: Exception) -> str:
+    """The last line of a build error, and the compiler's first "error:" line above it."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    first_error = next((line for line in lines[:-1] if "error:" in line), None)
+    return lines[-1] + (f" ({first_error})" if first_error else "")
+
+
 class OnDemandExtension:
     """One csrc/ extension: built and loaded on the first ``load()``, then cached."""
 
@@ -59,6 +72,7 @@ class OnDemandExtension:
         extra_cuda_cflags: Sequence[str] = (),
         extra_ldflags: Sequence[str] = (),
         is_python_module: bool = True,
+        build_env: Callable[[], AbstractContextManager] | None = None,
     ):
         self.name = name
         self.sources = tuple(sources)
@@ -67,22 +81,18 @@ class OnDemandExtension:
         self.extra_cuda_cflags = list(extra_cuda_cflags)
         self.extra_ldflags = list(extra_ldflags)
         self.is_python_module = is_python_module
+        # entered around the compile only (e.g. to point torch at a CUDA toolkit), then undone
+        self.build_env = build_env or contextlib.nullcontext
         self.module = None  # the module (or, without a Python module, the library's path)
         self.failure: str | None = None  # why the last build failed, remembered
         self.load_seconds: float | None = None  # how long the build / check + import took
         self._lock = threading.Lock()
 
-    def load(
-        self,
-        verbose: bool = False,
-        check: Callable[[], str | None] | None = None,
-        prepare: Callable[[], None] | None = None,
-    ):
+    def load(self, verbose: bool = False, check: Callable[[], str | None] | None = None):
         """Build (first call) and import; raise ExtensionUnavailable with the reason.
 
         ``check`` returns why the build cannot happen here (None: it can); it runs after the
-        remembered failure and before the toolchain checks. ``prepare`` runs just before the
-        build (e.g. to point torch at a CUDA toolkit).
+        remembered failure and before the toolchain checks.
         """
         with self._lock:
             if self.module is not None:
@@ -90,8 +100,6 @@ class OnDemandExtension:
             reason = self.failure or (check() if check else None) or toolchain_problem()
             if reason is not None:
                 raise ExtensionUnavailable(f"{self.label} unavailable: {reason}")
-            if prepare is not None:
-                prepare()
             from torch.utils import cpp_extension
 
             build_dir = os.environ.get("ST_FAST_EXTENSION_DIR")
@@ -99,29 +107,27 @@ class OnDemandExtension:
                 Path(build_dir).mkdir(parents=True, exist_ok=True)
             start = time.perf_counter()
             try:
-                self.module = cpp_extension.load(
-                    name=self.name,
-                    sources=[str(s) for s in self.sources],
-                    build_directory=build_dir,
-                    extra_cflags=self.extra_cflags,
-                    extra_cuda_cflags=self.extra_cuda_cflags or None,
-                    extra_ldflags=self.extra_ldflags or None,
-                    is_python_module=self.is_python_module,
-                    verbose=verbose,
-                )
+                with self.build_env():
+                    self.module = cpp_extension.load(
+                        name=self.name,
+                        sources=[str(s) for s in self.sources],
+                        build_directory=build_dir,
+                        extra_cflags=self.extra_cflags,
+                        extra_cuda_cflags=self.extra_cuda_cflags or None,
+                        extra_ldflags=self.extra_ldflags or None,
+                        is_python_module=self.is_python_module,
+                        verbose=verbose,
+                    )
             except Exception as exc:  # compiler errors arrive as RuntimeError / CalledProcessError
-                lines = str(exc).strip().splitlines()
-                self.failure = "building csrc/ failed: " + (
-                    lines[-1] if lines else type(exc).__name__
-                )
+                self.failure = "building csrc/ failed: " + _summary(exc)
                 raise ExtensionUnavailable(f"{self.label} unavailable: {self.failure}") from exc
             self.load_seconds = time.perf_counter() - start
             return self.module
 
-    def status(self) -> str:
-        """"ok", or why the extension cannot run here (builds or loads it on the first call)."""
+    def detect(self, check: Callable[[], str | None] | None = None) -> str | None:
+        """Why the extension cannot run here, None if it loads (builds it on the first call)."""
         try:
-            self.load()
+            self.load(check=check)
         except ExtensionUnavailable as exc:
             return str(exc)
-        return "ok"
+        return None

@@ -1,9 +1,9 @@
 """Triton kernels (imported as ``st_fast.kernels``).
 
 One file per op: the Triton kernel, its host wrapper and a plain torch reference beside it.
-Triton is optional: ``TRITON_AVAILABLE`` says whether it imported, and every caller falls back
-to the torch reference when it did not (or when the tensors are on the CPU and
-``TRITON_INTERPRET=1`` is not set).
+Triton is optional: ``TRITON_AVAILABLE`` says whether it imported. Which kernel runs is decided
+by the fast-path registry (st_fast.backends) from the two questions below, and every caller
+falls back to the torch reference when Triton cannot run on its tensors.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ try:  # triton ships with CUDA builds of torch; CPU-only installs may lack it
     import triton  # noqa: F401
 
     TRITON_AVAILABLE = True
-except Exception:  # pragma: no cover - depends on the install
+    _IMPORT_ERROR = None
+except Exception as exc:  # pragma: no cover - depends on the install
     TRITON_AVAILABLE = False
+    _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
 
 
 def interpret_mode() -> bool:
@@ -23,13 +25,20 @@ def interpret_mode() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def triton_missing() -> str | None:
+    """Why Triton cannot be used here at all; None when it imported."""
+    return None if TRITON_AVAILABLE else f"triton is not importable ({_IMPORT_ERROR})"
+
+
+def triton_device_reason(device_type: str) -> str | None:
+    """Why Triton kernels cannot take tensors of this device type; None if they can."""
+    if device_type == "cuda" or (device_type == "cpu" and interpret_mode()):
+        return None
+    return f"needs CUDA tensors (or TRITON_INTERPRET=1 on the CPU), got {device_type}"
+
+
 def triton_usable(device) -> bool:
     """Can a Triton kernel run on tensors of ``device``?"""
     import torch
 
-    if not TRITON_AVAILABLE:
-        return False
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        return True
-    return dev.type == "cpu" and interpret_mode()
+    return triton_missing() is None and triton_device_reason(torch.device(device).type) is None

@@ -14,8 +14,8 @@ what the previous one stored, so a ``debug_barrier`` (a CTA barrier) separates t
 Class membership is a one-hot (K x N) tile, so per-class sums and the gather of each sample's
 centroid are small matrix products (``tl.dot`` with IEEE fp32 precision, not TF32).
 
-``class_stats_reference`` is the same computation in plain torch; ``class_stats`` picks the
-kernel when Triton can run on the tensors' device and falls back to the reference otherwise.
+``class_stats_reference`` is the same computation in plain torch. Which of the two runs is the
+fast path ``class-stats`` (st_fast.cluster.stats, through st_fast.backends).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import TRITON_AVAILABLE, triton_usable
+from . import TRITON_AVAILABLE
 
 RADIUS_KINDS = ("mean", "rms", "max")
 MAX_KERNEL_CLASSES = 128  # the K x K tile lives in registers; larger K uses the torch path
@@ -238,11 +238,3 @@ def class_stats_triton(
     )  # fmt: skip
     return ClassStats(acm[0], centroids, radii, distances, counts)
 
-
-def class_stats(
-    z: torch.Tensor, class_idx: torch.Tensor, num_classes: int, radius: str = "mean"
-) -> ClassStats:
-    """Fused kernel where Triton can run on ``z``'s device (and K is small), torch otherwise."""
-    if triton_usable(z.device) and num_classes <= MAX_KERNEL_CLASSES:
-        return class_stats_triton(z, class_idx, num_classes, radius)
-    return class_stats_reference(z, class_idx, num_classes, radius)

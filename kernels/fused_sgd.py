@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import TRITON_AVAILABLE, interpret_mode
+from . import TRITON_AVAILABLE
 
 if TRITON_AVAILABLE:
     import triton
@@ -96,8 +96,7 @@ def dense_like(t: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------
-# Triton kernel. The function is decorated on first use, once per interpreter mode, so a test
-# can switch TRITON_INTERPRET on for itself without changing the process for anyone else.
+# Triton kernel (interpreted on the CPU when TRITON_INTERPRET=1 is set before this import).
 
 # The packed int64 table (see build_table): six rows of n_tensors entries (param, grad and
 # buffer addresses, numel, lr scale as float64 bits, first-step flag), then two rows of n_blocks
@@ -106,7 +105,8 @@ def dense_like(t: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
 
 if TRITON_AVAILABLE:
 
-    def _fused_sgd_body(
+    @triton.jit
+    def _fused_sgd_kernel(
         table_ptr,
         n_tensors,
         n_blocks,
@@ -169,17 +169,6 @@ if TRITON_AVAILABLE:
             tl.store(param_ptr + offsets, p.to(ELEM))
         else:
             tl.store(param_ptr + offsets, p.to(ELEM), mask=mask)
-
-
-_KERNELS: dict[bool, object] = {}
-
-
-def _kernel():
-    """The jitted kernel for the current TRITON_INTERPRET setting (decorated once per mode)."""
-    mode = interpret_mode()
-    if mode not in _KERNELS:
-        _KERNELS[mode] = triton.jit(_fused_sgd_body)
-    return _KERNELS[mode]
 
 
 def _triton_dtype(dtype: torch.dtype):
@@ -291,7 +280,7 @@ def fused_sgd_triton(
         table = build_table(params, grads, bufs, lr_scales, first_step, block)
     if table.n_blocks == 0:
         return
-    _kernel()[(table.n_blocks,)](
+    _fused_sgd_kernel[(table.n_blocks,)](
         table.packed,
         table.n_tensors,
         table.n_blocks,

@@ -36,3 +36,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def one_thread_all():
+    """One thread for torch and for the BLAS / OpenMP pools under numpy and scikit-learn:
+    small problems run as fast, and immune to OpenMP stalls on a busy machine."""
+    from threadpoolctl import threadpool_limits
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(n)

@@ -13,37 +13,9 @@ from st_fast.cluster.stats import class_index
 from st_fast.cluster.tsne import _DenseGradient, perplexity_affinities, select_backend
 from st_fast.errors import UserError
 
+from .helpers import blobs, knn_accuracy
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small problems: one thread is as fast, and immune to OpenMP stalls on a busy machine."""
-    from threadpoolctl import threadpool_limits
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(before)
-
-
-def blobs(n=200, d=16, k=4, spread=1.0, seed=0):
-    """k Gaussian classes; ``spread`` scales the class centres (0 = no structure)."""
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % k
-    centres = rng.normal(size=(k, d)) * 3.0
-    x = spread * centres[y] + rng.normal(size=(n, d))
-    return x.astype(np.float32), y
-
-
-def knn_accuracy(z, y, k=5):
-    """Leave-one-out k-NN accuracy in an embedding."""
-    z = torch.as_tensor(z, dtype=torch.float64)
-    y = torch.as_tensor(y)
-    d = torch.cdist(z, z)
-    d.fill_diagonal_(float("inf"))
-    nn = d.topk(k, largest=False).indices
-    votes = torch.nn.functional.one_hot(y[nn], int(y.max()) + 1).sum(1)
-    return float((votes.argmax(1) == y).double().mean())
+pytestmark = pytest.mark.usefixtures("one_thread_all")
 
 
 # ------------------------------------------------------------------------------ statistics

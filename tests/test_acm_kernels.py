@@ -1,20 +1,16 @@
 """ACM's Triton kernels against their torch references and a float64 numpy reference.
 
 On the CPU the kernels run under TRITON_INTERPRET=1, which must be set before they are defined;
-other test modules import them without it, so the checks run once in a fresh subprocess
-(``python tests/test_acm_kernels.py``) that prints its measurements as JSON. On a GPU the same
-checks run in-process (marked ``gpu``).
+other test modules import them without it, so the checks run once in a fresh interpreter
+(``run_interpreted``). On a GPU the same checks run in-process (marked ``gpu``). Skipped only
+where Triton does not import.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+
+from .helpers import run_interpreted
 
 CLASS_STATS_CASES = [  # (N, D, K, radius): t-SNE-like 2-D, odd sizes, raw-feature-like D
     (64, 2, 2, "mean"),
@@ -92,15 +88,13 @@ def _run_checks(device: str) -> dict:
     return results
 
 
+def interpreted_checks() -> dict:
+    return _run_checks("cpu")
+
+
 @pytest.fixture(scope="module")
 def interpreted_results():
-    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run(
-        [sys.executable, __file__], env=env, cwd=root, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_interpreted("tests.test_acm_kernels:interpreted_checks")
 
 
 def _assert_close(case: dict, atol_rel: float):
@@ -144,8 +138,3 @@ def test_exact_tsne_cuda_graphs_match_eager_triton():
     torch.testing.assert_close(with_graphs, without)
     on_cpu = exact_tsne(x.cpu())
     assert torch.isfinite(with_graphs).all() and with_graphs.shape == on_cpu.shape
-
-
-if __name__ == "__main__":  # the subprocess worker
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    print(json.dumps(_run_checks("cpu")))

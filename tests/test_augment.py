@@ -13,30 +13,7 @@ from st_fast.augment import ColorGray, available_backends
 from st_fast.augment.color_gray import CGParams, color_gray_torchvision, cpp_status
 from st_fast.errors import UserError
 
-TOL = {torch.float32: 1.0 / 255, torch.uint8: 1}
-
-
-def _images(n, channels, dtype, size=(8, 9), seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, channels, *size, generator=g)
-    # include saturated, black and exactly-gray pixels: the edge cases of HSV and clamping
-    x[:, :, 0, 0] = 1.0
-    x[:, :, 0, 1] = 0.0
-    x[:, :, 1, 0] = 0.5
-    return (x * 255).round().to(torch.uint8) if dtype == torch.uint8 else x
-
-
-def _single_op_params(n, op, factor, gray=False):
-    factors = torch.tensor([1.0, 1.0, 1.0, 0.0]).repeat(n, 1)
-    order = torch.full((n, 4), NOOP, dtype=torch.int32)
-    if op is not None:
-        factors[:, op] = factor
-        order[:, 0] = op
-    return CGParams(factors, order, torch.full((n,), gray), torch.full((n,), op is not None))
-
-
-def _max_diff(a, b):
-    return (a.double() - b.double()).abs().max().item()
+from .helpers import CG_TOL, cg_images, max_abs_diff, single_op_params
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
@@ -47,29 +24,29 @@ def _max_diff(a, b):
      (SATURATION, 1.4), (SATURATION, 0.62), (HUE, 0.1), (HUE, -0.093), (HUE, 0.5)],
 )  # fmt: skip
 def test_each_op_alone_matches_torchvision(op, factor, channels, dtype):
-    x = _images(6, channels, dtype)
+    x = cg_images(6, channels, dtype)
     ops = {BRIGHTNESS: F.adjust_brightness, CONTRAST: F.adjust_contrast,
            SATURATION: F.adjust_saturation, HUE: F.adjust_hue}  # fmt: skip
     expected = torch.stack([ops[op](img, factor) for img in x])
-    got = ColorGray(backend="torch").apply(x, _single_op_params(6, op, factor))
+    got = ColorGray(backend="torch").apply(x, single_op_params(6, op, factor))
     assert got.dtype == dtype and got.shape == x.shape
-    assert _max_diff(got, expected) <= TOL[dtype]
+    assert max_abs_diff(got, expected) <= CG_TOL[dtype]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
 @pytest.mark.parametrize("channels", [3, 1])
 def test_grayscale_alone_matches_torchvision(channels, dtype):
-    x = _images(5, channels, dtype)
+    x = cg_images(5, channels, dtype)
     expected = torch.stack([F.rgb_to_grayscale(img, num_output_channels=channels) for img in x])
-    got = ColorGray(backend="torch").apply(x, _single_op_params(5, None, 1.0, gray=True))
-    assert _max_diff(got, expected) <= TOL[dtype]
+    got = ColorGray(backend="torch").apply(x, single_op_params(5, None, 1.0, gray=True))
+    assert max_abs_diff(got, expected) <= CG_TOL[dtype]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
 def test_all_24_orders_composed_match_torchvision(dtype):
     perms = torch.tensor(list(itertools.permutations(range(4))), dtype=torch.int32)
     n = len(perms)
-    x = _images(n, 3, dtype, seed=1)
+    x = cg_images(n, 3, dtype, seed=1)
     g = torch.Generator().manual_seed(5)
     factors = torch.stack(
         [0.6 + 0.8 * torch.rand(n, generator=g), 0.6 + 0.8 * torch.rand(n, generator=g),
@@ -85,33 +62,33 @@ def test_all_24_orders_composed_match_torchvision(dtype):
             img = ops[op](img, float(factors[i, op]))
         expected.append(F.rgb_to_grayscale(img, num_output_channels=3) if gray[i] else img)
     got = ColorGray(backend="torch").apply(x, params)
-    assert _max_diff(got, torch.stack(expected)) <= TOL[dtype]
+    assert max_abs_diff(got, torch.stack(expected)) <= CG_TOL[dtype]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.uint8, torch.float64])
 @pytest.mark.parametrize("channels", [3, 1])
 def test_torch_backend_matches_torchvision_backend_on_sampled_params(channels, dtype):
     cg = ColorGray(seed=11)
-    x = _images(64, channels, dtype, size=(6, 5))
+    x = cg_images(64, channels, dtype, size=(6, 5))
     params = cg.sample_params(64)
     got = cg.apply(x, params, backend="torch")
     expected = cg.apply(x, params, backend="torchvision")
-    assert _max_diff(got, expected) <= TOL.get(dtype, 1e-6)
+    assert max_abs_diff(got, expected) <= CG_TOL.get(dtype, 1e-6)
 
 
 def test_call_keeps_dtype_device_shape_and_does_not_touch_input():
-    x = _images(16, 3, torch.float32)
+    x = cg_images(16, 3, torch.float32)
     before = x.clone()
     cg = ColorGray(seed=0)
     y = cg(x)
     assert y.dtype == x.dtype and y.shape == x.shape and y.device == x.device
     assert torch.equal(x, before)
     assert cg.backend == ("cpp" if cpp_status() == "ok" else "torch")
-    assert ColorGray(seed=0)(_images(4, 3, torch.uint8)).dtype == torch.uint8
+    assert ColorGray(seed=0)(cg_images(4, 3, torch.uint8)).dtype == torch.uint8
 
 
 def test_same_seed_same_stream_and_state_dict_resumes_exactly():
-    x = _images(32, 3, torch.float32)
+    x = cg_images(32, 3, torch.float32)
     a, b = ColorGray(seed=7), ColorGray(seed=7)
     assert torch.equal(a(x), b(x))
     state = a.state_dict()
@@ -168,15 +145,15 @@ def test_disabled_ops_are_skipped_and_one_channel_drops_colour_ops():
 
 
 def test_gray_images_have_equal_channels_and_p_zero_is_identity():
-    x = _images(40, 3, torch.float32)
+    x = cg_images(40, 3, torch.float32)
     y = ColorGray(p_jitter=0.0, p_gray=1.0)(x)
     assert torch.equal(y[:, 0], y[:, 1]) and torch.equal(y[:, 1], y[:, 2])
     assert torch.equal(ColorGray(p_jitter=0.0, p_gray=0.0)(x), x)
 
 
 def test_reference_backend_is_plain_torchvision():
-    x = _images(3, 3, torch.float32)
-    params = _single_op_params(3, HUE, 0.2, gray=True)
+    x = cg_images(3, 3, torch.float32)
+    params = single_op_params(3, HUE, 0.2, gray=True)
     expected = torch.stack([F.rgb_to_grayscale(F.adjust_hue(img, 0.2), 3) for img in x])
     assert torch.equal(color_gray_torchvision(x, params), expected)
 
@@ -186,9 +163,9 @@ def test_backends_report_and_auto_picks_cpp_or_torch_on_cpu():
     assert set(status) == {"torch", "triton", "cpp", "dali", "torchvision"}
     assert status["torch"] == "ok"
     cg = ColorGray(backend="auto")
-    cg(_images(2, 3, torch.float32))
+    cg(cg_images(2, 3, torch.float32))
     assert cg.backend == ("cpp" if status["cpp"] == "ok" else "torch")
-    cg(_images(2, 3, torch.float32).double())  # the C++ kernel covers uint8 and float32
+    cg(cg_images(2, 3, torch.float32).double())  # the C++ kernel covers uint8 and float32
     assert cg.backend == "torch"
 
 
@@ -221,12 +198,12 @@ def test_bad_state_is_a_user_error():
         ColorGray().load_state_dict({"nope": 1})
 
 
-def test_unavailable_backend_is_a_user_error(monkeypatch):
+def test_unavailable_backend_is_a_user_error():
     import st_fast.augment.color_gray as cgmod
 
-    monkeypatch.setattr(cgmod, "dali_status", lambda: (False, "nvidia-dali not importable"))
-    with pytest.raises(UserError, match="dali"):
-        ColorGray(backend="dali")(torch.rand(2, 3, 4, 4))
+    with cgmod.CG.disabled("dali", "nvidia-dali not importable"):
+        with pytest.raises(UserError, match="dali.*not importable"):
+            ColorGray(backend="dali")(torch.rand(2, 3, 4, 4))
     if available_backends("cpu")["triton"] != "ok":
         with pytest.raises(UserError, match="triton"):
             ColorGray(backend="triton")(torch.rand(2, 3, 4, 4))
@@ -235,34 +212,43 @@ def test_unavailable_backend_is_a_user_error(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
 def test_gpu_backends_match_cpu_torch(dtype):
-    x = _images(256, 3, dtype, size=(32, 32))
+    x = cg_images(256, 3, dtype, size=(32, 32))
     cg = ColorGray(seed=0)
     params = cg.sample_params(256)
     expected = cg.apply(x, params, backend="torch")
     for backend in ("torch", "triton"):
         got = cg.apply(x.cuda(), params, backend=backend)
         assert got.device.type == "cuda"
-        assert _max_diff(got.cpu(), expected) <= TOL[dtype]
+        assert max_abs_diff(got.cpu(), expected) <= CG_TOL[dtype]
 
 
 def test_auto_falls_back_to_torch_when_the_triton_kernel_fails(monkeypatch):
     import st_fast.augment.color_gray as cgmod
+    from st_fast.backends import BackendUnavailableWarning
+    from st_fast.kernels import triton_missing
+
+    if triton_missing():
+        pytest.skip(triton_missing())
 
     def broken(*args, **kwargs):
         raise RuntimeError("no kernel for this GPU")
 
     monkeypatch.setattr(cgmod, "color_gray_triton", broken)
+    # "auto" picks triton for these CPU tensors, as it would on a GPU; the registry's memory
+    # of the failure is put back afterwards
+    monkeypatch.setitem(cgmod.CG.auto, "cpu", ("triton", "torch"))
+    monkeypatch.setattr(cgmod.CG, "_detected", dict(cgmod.CG._detected))
+    monkeypatch.setattr(cgmod.CG, "_reported", set(cgmod.CG._reported))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
     cg = ColorGray(seed=0)
-    resolve = cg._resolve_backend  # "auto" picks triton, as it would on a GPU
-    monkeypatch.setattr(
-        cg, "_resolve_backend", lambda n, d: "triton" if n in ("auto", "triton") else resolve(n, d)
-    )
-    x = _images(4, 3, torch.float32)
+    x = cg_images(4, 3, torch.float32)
     params = cg.sample_params(4)
-    with pytest.warns(UserWarning, match="Triton kernel failed"):
+    with pytest.warns(BackendUnavailableWarning, match="Triton kernel failed"):
         got = cg.apply(x, params)
-    assert cg.backend == "torch" and cg._triton_failed
+    assert cg.backend == "torch"
     assert torch.equal(got, cg.apply(x, params, backend="torch"))
+    assert "no kernel" in cgmod.CG.status("triton")  # process-wide: later batches skip it
+    monkeypatch.setattr(cgmod.CG, "_detected", {})
     with pytest.raises(RuntimeError, match="no kernel"):  # asked for by name: no silent fallback
         cg.apply(x, params, backend="triton")
 
@@ -273,7 +259,7 @@ def test_cpu_batch_split_across_threads_gives_the_same_result(monkeypatch):
     from st_fast.augment.color_gray import color_gray_torch_batched
 
     monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # 3 slices of 43, 43, 42 images
-    x = _images(128, 3, torch.uint8, size=(5, 5))
+    x = cg_images(128, 3, torch.uint8, size=(5, 5))
     params = ColorGray(seed=9).sample_params(128)
     whole = color_gray_torch(x, params.factors, params.order, params.gray)
     assert torch.equal(color_gray_torch_batched(x, params), whole)

@@ -1,8 +1,8 @@
 """The "cpp" ColorGray backend (csrc/color_gray.cpp) against the torch reference and torchvision.
 
 The extension is built once per machine (~20 s on two cores, kept in torch's extension
-directory; later runs load it in about a second). Without a compiler or ninja, or if the build
-fails, the comparisons skip with the reason and the fallback tests still run.
+directory; later runs load it in about a second). Without a compiler or ninja the comparisons
+skip with the reason; with them, a failed build fails them. The fallback tests always run.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 import torch
@@ -22,19 +23,21 @@ from torchvision.transforms.v2 import functional as F
 import st_fast.augment.color_gray as cgmod
 from st_fast.augment import ColorGray, available_backends
 from st_fast.augment.color_gray import CGParams, color_gray_cpp, cpp_status
+from st_fast.backends import BackendUnavailableWarning
 from st_fast.errors import UserError
 
-from .test_augment import TOL, _images, _max_diff, _single_op_params
+from .helpers import CG_TOL, built_or_fail, cg_images, max_abs_diff, single_op_params
 
 # float32: contrast's mean is summed in double here and in float32 by torch (an ulp apart).
 FLOAT_TOL_VS_TORCH = 2e-6
 
 
+NO_COMPILER = "the C++ CG kernel unavailable: no compiler"
+
+
 @pytest.fixture(scope="module")
 def cpp():
-    status = cpp_status()
-    if status != "ok":
-        pytest.skip(status)
+    built_or_fail(cgmod._CPP_EXTENSION)
 
 
 def _reference(x, params):
@@ -47,7 +50,7 @@ def _assert_matches_reference(got, x, params):
     if x.dtype == torch.uint8:
         assert torch.equal(got, expected)  # bit for bit, truncations included
     else:
-        assert _max_diff(got, expected) <= FLOAT_TOL_VS_TORCH
+        assert max_abs_diff(got, expected) <= FLOAT_TOL_VS_TORCH
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
@@ -57,30 +60,30 @@ def test_each_op_alone_matches_reference_and_torchvision(cpp, channels, dtype):
            SATURATION: F.adjust_saturation, HUE: F.adjust_hue}  # fmt: skip
     cases = [(BRIGHTNESS, 1.37), (BRIGHTNESS, 0.61), (CONTRAST, 1.3), (CONTRAST, 0.7),
              (SATURATION, 1.4), (SATURATION, 0.62), (HUE, 0.1), (HUE, -0.093), (HUE, 0.5)]  # fmt: skip
-    x = _images(6, channels, dtype)
+    x = cg_images(6, channels, dtype)
     for op, factor in cases:
-        params = _single_op_params(6, op, factor).for_channels(channels)
+        params = single_op_params(6, op, factor).for_channels(channels)
         got = color_gray_cpp(x, params)
         _assert_matches_reference(got, x, params)
         expected = torch.stack([ops[op](img, factor) for img in x])
-        assert _max_diff(got, expected) <= TOL[dtype], (op, factor)
-    params = _single_op_params(6, None, 1.0, gray=True).for_channels(channels)
+        assert max_abs_diff(got, expected) <= CG_TOL[dtype], (op, factor)
+    params = single_op_params(6, None, 1.0, gray=True).for_channels(channels)
     gray = torch.stack([F.rgb_to_grayscale(img, num_output_channels=channels) for img in x])
-    assert _max_diff(color_gray_cpp(x, params), gray) <= TOL[dtype]
+    assert max_abs_diff(color_gray_cpp(x, params), gray) <= CG_TOL[dtype]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
 def test_all_24_orders_composed_match_reference_and_torchvision(cpp, dtype):
     perms = torch.tensor(list(itertools.permutations(range(4))), dtype=torch.int32)
     n = len(perms)
-    x = _images(n, 3, dtype, seed=1)
+    x = cg_images(n, 3, dtype, seed=1)
     g = torch.Generator().manual_seed(5)
     low = torch.tensor([0.6, 0.6, 0.6, -0.1])
     factors = low + torch.rand(n, 4, generator=g) * torch.tensor([0.8, 0.8, 0.8, 0.2])
     params = CGParams(factors, perms, torch.arange(n) % 3 == 0, torch.ones(n, dtype=torch.bool))
     got = color_gray_cpp(x, params)
     _assert_matches_reference(got, x, params)
-    assert _max_diff(got, cgmod.color_gray_torchvision(x, params)) <= TOL[dtype]
+    assert max_abs_diff(got, cgmod.color_gray_torchvision(x, params)) <= CG_TOL[dtype]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
@@ -89,20 +92,20 @@ def test_all_24_orders_composed_match_reference_and_torchvision(cpp, dtype):
 def test_sampled_params_match_reference(cpp, size, channels, dtype):
     cg = ColorGray(p_jitter=0.9, p_gray=0.3, seed=10 * size[0] + channels)
     if size == (1, 1):  # one pixel: contrast's mean is the pixel's own luma
-        x = _images(48, channels, dtype, size=(2, 2))[:, :, 1:, 1:]
+        x = cg_images(48, channels, dtype, size=(2, 2))[:, :, 1:, 1:]
     else:
-        x = _images(48, channels, dtype, size=size)
+        x = cg_images(48, channels, dtype, size=size)
     params = cg.sample_params(48)
     got = cg.apply(x, params, backend="cpp")
     assert cg.backend == "cpp"
     _assert_matches_reference(got, x, params.for_channels(channels))
     if size in ((6, 5), (1, 1)):  # torchvision per image is slow: the small shapes only
-        assert _max_diff(got, cg.apply(x, params, backend="torchvision")) <= TOL[dtype]
+        assert max_abs_diff(got, cg.apply(x, params, backend="torchvision")) <= CG_TOL[dtype]
 
 
 def test_non_contiguous_input_and_thread_count_do_not_change_the_result(cpp):
     # 70 images of 3x32x32: chunks of >= 32k values, so up to 7 chunks over the threads
-    x = _images(70, 3, torch.uint8, size=(32, 32))
+    x = cg_images(70, 3, torch.uint8, size=(32, 32))
     params = ColorGray(p_jitter=1.0, p_gray=0.5, seed=4).sample_params(70)
     expected = color_gray_cpp(x.contiguous(), params)
     channels_last = x.contiguous(memory_format=torch.channels_last)
@@ -141,7 +144,7 @@ def test_kernel_runs_on_torch_intra_op_threads(cpp):
 
 
 def test_input_untouched_and_float64_takes_the_torch_path(cpp):
-    x = _images(8, 3, torch.float32)
+    x = cg_images(8, 3, torch.float32)
     before = x.clone()
     cg = ColorGray(seed=0)
     y = cg(x)
@@ -153,11 +156,11 @@ def test_input_untouched_and_float64_takes_the_torch_path(cpp):
 
 
 def test_auto_picks_cpp_for_cpu_batches(cpp):
-    assert available_backends("cpu")["cpp"] == "ok"
-    assert available_backends("cuda")["cpp"] == "needs CPU tensors"
+    assert available_backends("cpu")["cpp"] == "ok" and cpp_status() == "ok"
+    assert cgmod.CG.backends["cpp"].runs_on("cuda") == "needs CPU tensors"
     for dtype in (torch.uint8, torch.float32):
         cg = ColorGray(seed=0)
-        cg(_images(4, 3, dtype))
+        cg(cg_images(4, 3, dtype))
         assert cg.backend == "cpp"
 
 
@@ -179,19 +182,20 @@ def test_bad_input_to_the_kernel_is_a_clear_error(cpp):
         ColorGray(backend="cpp")(torch.zeros(2, 2, 4, 4))
 
 
-def test_auto_falls_back_to_torch_when_the_build_fails(monkeypatch):
-    monkeypatch.setattr(cgmod, "cpp_status", lambda: "the C++ CG kernel unavailable: no compiler")
-    monkeypatch.setattr(cgmod, "_cpp_fallback_warned", False)
-    x = _images(4, 3, torch.uint8)
+def test_auto_falls_back_to_torch_when_the_build_fails():
+    x = cg_images(4, 3, torch.uint8)
     cg = ColorGray(seed=0)
     params = cg.sample_params(4)
-    with pytest.warns(UserWarning, match="no compiler"):
-        got = cg.apply(x, params)
-    assert cg.backend == "torch" and torch.equal(got, _reference(x, params))
-    cg.apply(x, params)  # warned once per process, not per batch
-    with pytest.raises(UserError, match="no compiler"):
-        cg.apply(x, params, backend="cpp")
-    assert "no compiler" in available_backends("cpu")["cpp"]
+    with cgmod.CG.disabled("cpp", NO_COMPILER):
+        with pytest.warns(BackendUnavailableWarning, match="no compiler"):
+            got = cg.apply(x, params)
+        assert cg.backend == "torch" and torch.equal(got, _reference(x, params))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # warned once per process, not per batch
+            cg.apply(x, params)
+        with pytest.raises(UserError, match="no compiler"):
+            cg.apply(x, params, backend="cpp")
+        assert "no compiler" in available_backends("cpu")["cpp"]
 
 
 def test_failed_build_is_remembered_and_reported(monkeypatch, tmp_path):

@@ -1,34 +1,40 @@
 """The fused Triton CG kernel agrees with the torch backend (TRITON_INTERPRET=1, on the CPU).
 
-Triton decides at decoration time whether kernels are interpreted, and other test modules
-import the kernel module first, so the comparison runs in a fresh interpreter.
+The interpreted checks run once in a fresh interpreter (``run_interpreted``: Triton decides at
+decoration time whether a kernel is interpreted); skipped only where Triton does not import.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
+import torch
 from st_fast.kernels import TRITON_AVAILABLE
 
-SCRIPT = textwrap.dedent(
-    """
-    import torch
-    from st_fast.augment import ColorGray
+from .helpers import run_interpreted
+
+# (dtype, channels, H, W, block): block < H*W exercises the chunk loop
+CASES = [
+    ("float32", 3, 5, 7, None), ("float32", 3, 6, 6, 16),
+    ("uint8", 3, 5, 7, None), ("uint8", 3, 6, 6, 16),
+    ("float32", 1, 4, 5, None), ("uint8", 1, 6, 6, 16),
+    ("float16", 3, 4, 4, None),
+]  # fmt: skip
+TOL = {"uint8": 1, "float16": 2e-3, "float32": 1e-5}
+
+
+def interpreted_checks() -> dict:
+    """Kernel vs torch backend per case, and through the public API (run interpreted)."""
     from st_fast.kernels.color_gray import color_gray_torch, color_gray_triton
+
+    from st_fast.augment import ColorGray
 
     torch.manual_seed(0)
     cg = ColorGray(seed=3)
-    cases = [  # (dtype, channels, H, W, block): block < H*W exercises the chunk loop
-        (torch.float32, 3, 5, 7, None), (torch.float32, 3, 6, 6, 16),
-        (torch.uint8, 3, 5, 7, None), (torch.uint8, 3, 6, 6, 16),
-        (torch.float32, 1, 4, 5, None), (torch.uint8, 1, 6, 6, 16),
-        (torch.float16, 3, 4, 4, None),
-    ]
-    for dtype, channels, h, w, block in cases:
+    out = {}
+    for dtype_name, channels, h, w, block in CASES:
+        dtype = getattr(torch, dtype_name)
         x = torch.rand(10, channels, h, w)
         x[:, :, 0, 0] = 1.0
         x[:, :, 0, 1] = 0.5
@@ -36,29 +42,31 @@ SCRIPT = textwrap.dedent(
         params = cg.sample_params(10).for_channels(channels)
         got = color_gray_triton(x, params.factors, params.order, params.gray, block=block)
         ref = color_gray_torch(x, params.factors, params.order, params.gray)
-        diff = (got.double() - ref.double()).abs().max().item()
-        tol = {torch.uint8: 1, torch.float16: 2e-3}.get(dtype, 1e-5)
-        assert got.dtype == dtype and got.shape == x.shape, (dtype, got.dtype)
-        assert diff <= tol, (dtype, channels, h, w, block, diff)
-        print("ok", dtype, channels, h, w, block, diff)
-    # through the public API
+        out[repr((dtype_name, channels, h, w, block))] = {
+            "same_dtype_and_shape": got.dtype == dtype and got.shape == x.shape,
+            "diff": (got.double() - ref.double()).abs().max().item(),
+        }
     x = torch.rand(6, 3, 4, 4)
     cg_triton, cg_torch = ColorGray(backend="triton", seed=1), ColorGray(backend="torch", seed=1)
-    assert (cg_triton(x) - cg_torch(x)).abs().max().item() < 1e-5
-    assert cg_triton.backend == "triton"
-    print("ALL OK")
-    """
-)
+    out["api"] = {"diff": (cg_triton(x) - cg_torch(x)).abs().max().item(), "backend": None}
+    out["api"]["backend"] = cg_triton.backend
+    return out
 
 
-@pytest.mark.skipif(not TRITON_AVAILABLE, reason="triton is not installed")
-def test_triton_kernel_matches_torch_backend_interpreted():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=240
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "ALL OK" in proc.stdout
+@pytest.fixture(scope="module")
+def interpreted():
+    return run_interpreted("tests.test_augment_triton:interpreted_checks")
+
+
+@pytest.mark.parametrize("case", CASES, ids=repr)
+def test_triton_kernel_matches_torch_backend_interpreted(interpreted, case):
+    result = interpreted[repr(case)]
+    assert result["same_dtype_and_shape"]
+    assert result["diff"] <= TOL[case[0]]
+
+
+def test_public_api_runs_the_kernel_interpreted(interpreted):
+    assert interpreted["api"]["backend"] == "triton" and interpreted["api"]["diff"] < 1e-5
 
 
 @pytest.mark.skipif(not TRITON_AVAILABLE, reason="triton is not installed")

@@ -19,7 +19,9 @@ def test_user_error_is_one_line_and_exit_2(tmp_path, capsys):
                "--out", str(tmp_path), "--data-root", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 2
-    assert err.count("\n") == 1 and "error:" in err and "Traceback" not in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    # the bad architecture is what is reported (not, say, the data missing under tmp_path)
+    assert err.startswith("st-fast train: error: ") and "'resnet19'" in err and "arch" in err
 
 
 def test_python_dash_m_entry_point():

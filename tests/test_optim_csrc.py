@@ -3,8 +3,9 @@
 Compile checks, quickest first:
   - the kernel file with plain nvcc (includes no torch header; a few seconds);
   - the torch binding with the host compiler, syntax only (torch headers; ~20 s, marked slow);
-  - the full build + import through torch.utils.cpp_extension (~50 s without a GPU): with a GPU,
-    or on CPU when ST_FAST_BUILD_EXTENSION=1.
+  - the full build + import through torch.utils.cpp_extension (~50 s the first time on a machine,
+    for sm_80 where there is no GPU; torch's extension directory keeps it for later runs).
+Each skips only where its toolchain is absent; with the toolchain, a failed compile fails.
 """
 
 from __future__ import annotations
@@ -91,15 +92,14 @@ def test_cuda_home_is_found_where_nvcc_is():
     assert home is not None and (home / "include" / "cuda_runtime.h").exists()
 
 
-@pytest.mark.skipif(
-    not torch.cuda.is_available() and os.environ.get("ST_FAST_BUILD_EXTENSION") != "1",
-    reason="full extension build (~50 s) runs with a GPU, or with ST_FAST_BUILD_EXTENSION=1",
-)
-def test_extension_builds_and_imports(tmp_path, monkeypatch):
-    if cuda_ext.unavailable_reason(require_gpu=False) is not None:
-        pytest.skip(cuda_ext.unavailable_reason(require_gpu=False))
+def test_extension_builds_and_imports(monkeypatch):
+    missing = cuda_ext.toolchain_missing(require_gpu=False)
+    if missing is not None:
+        pytest.skip(missing)
     if not torch.cuda.is_available():
         monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0")
-    monkeypatch.setenv("ST_FAST_EXTENSION_DIR", str(tmp_path / "build"))
-    module = cuda_ext.load_extension(require_gpu=False)
+    try:
+        module = cuda_ext.load_extension(require_gpu=False)
+    except cuda_ext.ExtensionUnavailable as exc:
+        pytest.fail(f"the CUDA toolchain is present but the extension did not build: {exc}")
     assert callable(module.fused_sgd_step)

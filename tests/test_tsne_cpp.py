@@ -1,8 +1,8 @@
 """The fused C++ t-SNE iterations (csrc/tsne_cpu.cpp) against the torch reference.
 
 The extension is built once per machine (~20-40 s on two cores, kept in torch's extension
-directory; later runs load it in about a second). Without a compiler or ninja, or if the build
-fails, the comparisons skip with the reason and the fallback test still runs.
+directory; later runs load it in about a second). Without a compiler or ninja the comparisons
+skip with the reason; with them, a failed build fails them. The fallback tests always run.
 """
 
 from __future__ import annotations
@@ -20,17 +20,19 @@ from st_fast.kernels.tsne_grad import tsne_gradient_reference, tsne_step_referen
 
 import st_fast
 import st_fast.cluster.tsne as tsne
-from st_fast.cluster import exact_tsne
+from st_fast.backends import BackendUnavailableWarning
+from st_fast.cluster import exact_tsne, run_exact_tsne
 from st_fast.errors import UserError
 
-from .test_acm import _one_thread, blobs, knn_accuracy  # noqa: F401  (_one_thread: autouse)
+from .helpers import blobs, built_or_fail, knn_accuracy
+
+pytestmark = pytest.mark.usefixtures("one_thread_all")
+NO_COMPILER = "the C++ t-SNE kernel unavailable: no compiler"
 
 
 @pytest.fixture(scope="module")
 def cpp():
-    status = tsne.cpp_status()
-    if status != "ok":
-        pytest.skip(status)
+    built_or_fail(tsne._CPP_EXTENSION)
     return torch.ops.st_fast_tsne
 
 
@@ -112,10 +114,10 @@ def test_short_runs_of_the_driver_agree_with_the_torch_path(cpp):
     # amplifies rounding differences, so only a few iterations compare coordinate by coordinate.
     x = torch.randn(90, 8, generator=torch.Generator().manual_seed(1))
     short = dict(n_iter_early=4, n_iter_late=4)
-    got = exact_tsne(x, use_cpp=True, **short)
-    assert tsne.last_implementation.startswith("cpp-")
-    ref = exact_tsne(x, use_cpp=False, **short)
-    assert tsne.last_implementation == "torch"
+    got, implementation = run_exact_tsne(x, use_cpp=True, **short)
+    assert implementation == tsne.cpp_implementation() and implementation.startswith("cpp-")
+    ref, implementation = run_exact_tsne(x, use_cpp=False, **short)
+    assert implementation == "torch"
     assert float((got - ref).abs().max()) <= 1e-3 * float(ref.abs().max())
 
 
@@ -135,7 +137,9 @@ def test_full_runs_give_the_same_acm_as_the_torch_path(cpp):
     # t-SNE is chaotic: the two paths round differently, and after 600 iterations the
     # embeddings differ. Measured (18 clustered inputs, N = 200-300): ACM differs by 1.9 %
     # (median, max 5.8 %) between the paths, and by 1.4 % (max 12 %) between the torch path on
-    # the features and on the features times (1 + 1e-6 noise). So compare ACM and kNN accuracy.
+    # the features and on the features times (1 + 1e-6 noise); on weakly clustered input
+    # (spread 0.3) that noise alone moves it by 17 %. So the C++ reading must fall within the
+    # readings both paths give on 1e-6-perturbed copies (plus 5 %), and kNN accuracy must hold.
     rel, knn = [], []
     for spread, seed in [(0.3, 0), (0.5, 1), (1.0, 2)]:
         x, y = blobs(n=240, d=16, k=4, spread=spread, seed=seed)
@@ -144,9 +148,18 @@ def test_full_runs_give_the_same_acm_as_the_torch_path(cpp):
         ref = st_fast.acm(x, y, backend="exact", tsne_options={"use_cpp": False},
                           return_stats=True)  # fmt: skip
         assert ref.tsne_impl == "torch"
+        rng = np.random.default_rng(seed)
+        readings = [ref.acm]
+        for _ in range(2):
+            noisy = (x * (1 + 1e-6 * rng.standard_normal(x.shape))).astype(np.float32)
+            for use_cpp in (True, False):
+                options = {"use_cpp": use_cpp}
+                readings.append(st_fast.acm(noisy, y, backend="exact", tsne_options=options))
+        margin = 0.05 * ref.acm
+        assert min(readings) - margin <= ours.acm <= max(readings) + margin, (ours.acm, readings)
         rel.append(abs(ours.acm - ref.acm) / ref.acm)
         knn.append(knn_accuracy(ours.embedding, y) - knn_accuracy(ref.embedding, y))
-    assert max(rel) <= 0.12 and np.mean(rel) <= 0.05, rel
+    assert np.mean(rel) <= 0.07, rel
     assert min(knn) >= -0.03, knn
 
 
@@ -193,40 +206,39 @@ def test_bad_input_to_the_op_is_a_clear_error(cpp):
         cpp.gradient(y, indptr + 1, indices, values, 1.0)
 
 
-def test_falls_back_to_torch_when_the_build_fails(monkeypatch):
-    monkeypatch.setattr(tsne, "cpp_status", lambda: "the C++ t-SNE kernel unavailable: no compiler")
-    monkeypatch.setattr(tsne, "_cpp_fallback_warned", False)
+def test_falls_back_to_torch_when_the_build_fails():
     x = torch.randn(40, 5, generator=torch.Generator().manual_seed(0))
     short = dict(n_iter_early=5, n_iter_late=5)
-    with pytest.warns(UserWarning, match="no compiler"):
-        got = exact_tsne(x, **short)
-    assert tsne.last_implementation == "torch"
-    assert torch.equal(got, exact_tsne(x, use_cpp=False, **short))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # warned once per process, not per run
-        exact_tsne(x, **short)
-    with pytest.raises(UserError, match="no compiler"):
-        exact_tsne(x, use_cpp=True, **short)
-    stats = st_fast.acm(*blobs(n=40, d=5, k=2), tsne_options=short, return_stats=True)
+    with tsne.EXACT_TSNE.disabled("cpp", NO_COMPILER):
+        with pytest.warns(BackendUnavailableWarning, match="no compiler"):
+            got, implementation = run_exact_tsne(x, **short)
+        assert implementation == "torch"
+        assert torch.equal(got, exact_tsne(x, use_cpp=False, **short))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # warned once per process, not per run
+            exact_tsne(x, **short)
+        with pytest.raises(UserError, match="no compiler"):
+            exact_tsne(x, use_cpp=True, **short)
+        stats = st_fast.acm(*blobs(n=40, d=5, k=2), tsne_options=short, return_stats=True)
     assert stats.backend == "exact" and stats.tsne_impl == "torch"
 
 
-def test_auto_keeps_the_exact_backend_to_larger_n_with_the_cpp_path(cpp, monkeypatch):
+def test_auto_keeps_the_exact_backend_to_larger_n_with_the_cpp_path(cpp):
     assert tsne.select_backend("auto", 5000, "cpu") == "exact"
     if tsne.available_backends("cpu") == ["exact"]:
         pytest.skip("neither openTSNE nor scikit-learn is installed: auto is always exact")
     assert tsne.select_backend("auto", tsne.EXACT_AUTO_MAX_N_CPU_CPP + 1, "cpu") != "exact"
-    monkeypatch.setattr(tsne, "cpp_status", lambda: "the C++ t-SNE kernel unavailable: no compiler")
-    assert tsne.select_backend("auto", 5000, "cpu") != "exact"
-    assert tsne.select_backend("auto", 2000, "cpu") == "exact"
+    with tsne.EXACT_TSNE.disabled("cpp", NO_COMPILER):
+        assert tsne.select_backend("auto", 5000, "cpu") != "exact"
+        assert tsne.select_backend("auto", 2000, "cpu") == "exact"
 
 
 def test_environment_pins_the_torch_path(monkeypatch):
     monkeypatch.setenv("ST_FAST_TSNE_CPP", "0")
     x = torch.randn(40, 5, generator=torch.Generator().manual_seed(0))
     short = dict(n_iter_early=5, n_iter_late=5)
-    got = exact_tsne(x, **short)
-    assert tsne.last_implementation == "torch"
+    got, implementation = run_exact_tsne(x, **short)
+    assert implementation == "torch"
     assert torch.equal(got, exact_tsne(x, use_cpp=False, **short))
     stats = st_fast.acm(*blobs(n=40, d=5, k=2), tsne_options=short, return_stats=True)
     assert stats.tsne_impl == "torch" and stats.implementation == "exact/torch"

@@ -11,7 +11,8 @@ all from one seeded ``torch.Generator`` on the CPU, so the stream is the same on
 and backend and can be checkpointed (``state_dict``) and resumed exactly. Every image costs the
 same fixed number of draws, so the stream does not depend on the configuration either.
 
-Backends (``available_backends()`` says which can run here, and why not):
+Backends (the fast path ``CG``, see st_fast.backends; ``available_backends()`` says which can
+run here, and why not):
 
 * ``"torch"``       batched tensor ops (kernels/color_gray.py reference), any device;
 * ``"triton"``      one fused kernel for the whole batch, CUDA tensors (CPU under TRITON_INTERPRET=1);
@@ -19,26 +20,27 @@ Backends (``available_backends()`` says which can run here, and why not):
                     (other dtypes run the torch backend); built once on first use;
 * ``"dali"``        a DALI pipeline (GPU operators on CUDA tensors, CPU operators otherwise);
 * ``"torchvision"`` per image through torchvision.transforms.v2.functional: the reference;
-* ``"auto"``        triton on CUDA when triton imports; cpp on the CPU when it builds, for uint8 and
-                    float32; torch otherwise. ``cg.backend`` says which ran.
+* ``"auto"``        triton on CUDA when triton imports; cpp on the CPU when it builds (a failed
+                    build warns once), for uint8 and float32; torch otherwise. ``cg.backend``
+                    says which ran.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import itertools
 import numbers
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import torch
 
+from st_fast.backends import FastPath, only_on
 from st_fast.csrc import SOURCE_DIR
 from st_fast.csrc.build import OnDemandExtension
 from st_fast.errors import UserError
-from st_fast.kernels import TRITON_AVAILABLE, triton_usable
+from st_fast.kernels import triton_device_reason, triton_missing
 from st_fast.kernels.color_gray import (
     BRIGHTNESS,
     CONTRAST,
@@ -49,30 +51,10 @@ from st_fast.kernels.color_gray import (
     color_gray_triton,
 )
 
-BACKENDS = ("torch", "triton", "cpp", "dali", "torchvision")
+from .params import CGParams
+
 # Uniform draws per image: jitter coin, 4 factors, gray coin, 4 permutation keys.
 _DRAWS_PER_IMAGE = 10
-
-
-@dataclass
-class CGParams:
-    """Per-image parameters of one batch; the same object drives every backend."""
-
-    factors: torch.Tensor  # float32 (N, 4): brightness, contrast, saturation, hue
-    order: torch.Tensor  # int32 (N, 4): op ids in application order, NOOP where not applied
-    gray: torch.Tensor  # bool (N,)
-    jitter: torch.Tensor  # bool (N,): the jitter coin (order is all NOOP where False)
-
-    def __len__(self) -> int:
-        return self.factors.shape[0]
-
-    def for_channels(self, channels: int) -> CGParams:
-        """One-channel images: saturation, hue and grayscale are no-ops (as in torchvision)."""
-        if channels == 3:
-            return self
-        order = self.order.clone()
-        order[(order == SATURATION) | (order == HUE)] = NOOP
-        return CGParams(self.factors, order, torch.zeros_like(self.gray), self.jitter)
 
 
 def _jitter_range(value, name: str, center: float, bound: tuple[float, float]):
@@ -116,7 +98,45 @@ _CPP_EXTENSION = OnDemandExtension(
     is_python_module=False,  # registers torch.ops.st_fast_cg.color_gray
 )
 CPP_DTYPES = (torch.uint8, torch.float32)
-_cpp_fallback_warned = False
+
+
+def _dali_missing() -> str | None:
+    try:
+        importlib.import_module("nvidia.dali")
+    except Exception as exc:  # ImportError, or a broken CUDA runtime under it
+        return (
+            f"nvidia-dali not importable ({type(exc).__name__}: {exc}); "
+            "pip install nvidia-dali-cuda130"
+        )
+    return None
+
+
+CG = FastPath(
+    "cg",
+    "ColorGray",
+    auto={"cpu": ("cpp", "torch"), "cuda": ("triton", "torch"), "*": ("torch",)},
+)
+CG.add("torch", "batched torch ops (kernels/color_gray.py), any device")
+CG.add(
+    "triton",
+    "one fused Triton kernel per batch (kernels/color_gray.py)",
+    detect=triton_missing,
+    runs_on=triton_device_reason,
+)
+CG.add(
+    "cpp",
+    "fused C++ kernel (csrc/color_gray.cpp), uint8 and float32; built on first use",
+    detect=_CPP_EXTENSION.detect,
+    runs_on=only_on("cpu"),
+    takes=lambda dtype: None if dtype in CPP_DTYPES else f"takes uint8 and float32, not {dtype}",
+    fallback="torch",
+    built=True,
+)
+CG.add(
+    "dali", "DALI pipeline: GPU operators on CUDA tensors, CPU ones otherwise", detect=_dali_missing
+)
+CG.add("torchvision", "torchvision.transforms.v2.functional per image: the reference")
+BACKENDS = tuple(CG.backends)
 
 
 def cpp_status() -> str:
@@ -126,41 +146,18 @@ def cpp_status() -> str:
     kept in torch's extension directory, and later processes only check and load it (well under
     a second). A failure is remembered for the process, so it costs one attempt.
     """
-    return _CPP_EXTENSION.status()
+    return CG.status("cpp") or "ok"
 
 
-@functools.lru_cache(maxsize=1)
 def dali_status() -> tuple[bool, str]:
     """Detected once: can DALI be imported? (ok, reason)."""
-    try:
-        import nvidia.dali  # noqa: F401
-    except Exception as exc:  # ImportError, or a broken CUDA runtime under it
-        return (
-            False,
-            f"nvidia-dali not importable ({type(exc).__name__}: {exc}); pip install nvidia-dali-cuda130",
-        )
-    return True, "ok"
-
-
-def backend_status(name: str, device: str | torch.device = "cpu") -> str:
-    """Return "ok" or the reason backend ``name`` cannot run on ``device`` (probes only it)."""
-    device = torch.device(device)
-    if name == "triton":
-        if not TRITON_AVAILABLE:
-            return "triton is not installed"
-        if not triton_usable(device):
-            return "needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tests)"
-        return "ok"
-    if name == "cpp":
-        return cpp_status() if device.type == "cpu" else "needs CPU tensors"
-    if name == "dali":
-        return dali_status()[1]
-    return "ok"  # torch, torchvision
+    reason = CG.status("dali")
+    return reason is None, reason or "ok"
 
 
 def available_backends(device: str | torch.device = "cpu") -> dict[str, str]:
     """Backend name -> "ok" or the reason it cannot run on ``device`` here."""
-    return {name: backend_status(name, device) for name in BACKENDS}
+    return {name: reason or "ok" for name, reason in CG.explain(device).items()}
 
 
 class ColorGray:
@@ -187,7 +184,7 @@ class ColorGray:
         self.hue = _jitter_range(hue, "hue", 0.0, (-0.5, 0.5))
         self.p_jitter = _probability(p_jitter, "p_jitter")
         self.p_gray = _probability(p_gray, "p_gray")
-        if backend != "auto" and backend not in BACKENDS:
+        if backend != "auto" and backend not in CG.backends:
             raise UserError(
                 f"ColorGray: unknown backend {backend!r}; choose one of auto, {', '.join(BACKENDS)}"
             )
@@ -199,7 +196,6 @@ class ColorGray:
         else:
             self.generator.manual_seed(int(seed))
         self._dali = None  # st_fast.augment.dali.DaliColorGray, built on first use
-        self._triton_failed = False
 
     def __repr__(self) -> str:
         return (
@@ -249,9 +245,8 @@ class ColorGray:
         _check_images(x)
         if len(params) != x.shape[0]:
             raise UserError(f"ColorGray: {len(params)} parameter sets for {x.shape[0]} images")
-        name = self._resolve_backend(backend or self.requested_backend, x.device)
-        if name == "cpp" and x.dtype not in CPP_DTYPES:
-            name = "torch"  # the kernel covers uint8 and float32; float64 etc. take the torch path
+        requested = backend or self.requested_backend
+        name = CG.fit(CG.select(requested, [x.device]).name, dtype=x.dtype)
         self.backend = name
         params = params.for_channels(x.shape[1])
         if x.shape[0] == 0:
@@ -259,40 +254,18 @@ class ColorGray:
         if name == "triton":
             try:
                 return color_gray_triton(x, params.factors, params.order, params.gray)
-            except Exception as exc:  # a compiler/driver problem: "auto" falls back, once
-                if (backend or self.requested_backend) != "auto":
+            except Exception as exc:  # a compiler/driver problem: "auto" moves on, said once
+                if requested != "auto":
                     raise
-                warnings.warn(
-                    f"ColorGray: the Triton kernel failed ({exc}); using the torch backend",
-                    stacklevel=3,
-                )
-                self._triton_failed = True
-                self.backend = name = "torch"
-        if name == "cpp":
-            return color_gray_cpp(x, params)
-        if name == "torch":
-            return color_gray_torch_batched(x, params)
+                CG.mark_failed("triton", f"the Triton kernel failed ({exc})")
+                self.backend = name = CG.fit(CG.select("auto", [x.device]).name, dtype=x.dtype)
         if name == "dali":
             if self._dali is None:
                 from .dali import DaliColorGray
 
                 self._dali = DaliColorGray()
             return self._dali(x, params)
-        return color_gray_torchvision(x, params)
-
-    def _resolve_backend(self, name: str, device: torch.device) -> str:
-        if name == "auto":
-            if device.type == "cuda" and TRITON_AVAILABLE and not self._triton_failed:
-                return "triton"
-            if device.type == "cpu" and _cpp_usable():
-                return "cpp"
-            return "torch"
-        status = backend_status(name, device)
-        if status != "ok":
-            raise UserError(
-                f"ColorGray backend {name!r} cannot run here: {status}; use backend='auto'"
-            )
-        return name
+        return _RUN[name](x, params)
 
 
 def _check_images(x) -> None:
@@ -342,16 +315,6 @@ def color_gray_torch_batched(x: torch.Tensor, params: CGParams) -> torch.Tensor:
     return torch.cat([f.result() for f in futures])
 
 
-def _cpp_usable() -> bool:
-    """For "auto": can the C++ kernel run? If not, say why once per process."""
-    global _cpp_fallback_warned
-    status = cpp_status()
-    if status != "ok" and not _cpp_fallback_warned:
-        _cpp_fallback_warned = True
-        warnings.warn(f"ColorGray: {status}; using the torch backend on the CPU", stacklevel=4)
-    return status == "ok"
-
-
 def color_gray_cpp(x: torch.Tensor, params: CGParams) -> torch.Tensor:
     """The "cpp" backend: one fused pass chain per image (csrc/color_gray_kernel.h).
 
@@ -384,3 +347,11 @@ def color_gray_torchvision(x: torch.Tensor, params: CGParams) -> torch.Tensor:
             img = F.rgb_to_grayscale(img, num_output_channels=img.shape[0])
         out.append(img)
     return torch.stack(out)
+
+
+_RUN = {
+    "torch": color_gray_torch_batched,
+    "cpp": color_gray_cpp,
+    "triton": lambda x, p: color_gray_triton(x, p.factors, p.order, p.gray),
+    "torchvision": color_gray_torchvision,
+}

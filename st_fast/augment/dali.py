@@ -26,7 +26,7 @@ from nvidia.dali import math as dmath
 
 from st_fast.kernels.color_gray import LUMA_B, LUMA_G, LUMA_R, TO_UINT8_SCALE
 
-from .color_gray import CGParams
+from .params import CGParams
 
 # Per-sample parameter vector: factors (4), order (4), gray flag (1).
 PARAM_LEN = 9

@@ -15,12 +15,10 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..kernels import triton_usable
-from ..kernels.class_stats import MAX_KERNEL_CLASSES, RADIUS_KINDS
+from ..kernels.class_stats import RADIUS_KINDS
 from ..utils import Stopwatch
-from . import tsne as _tsne
-from .stats import class_index, class_statistics, resolve_classes
-from .tsne import BACKENDS, pca, tsne_embed
+from .stats import class_index, resolve_classes, run_class_statistics
+from .tsne import BACKENDS, pca, run_tsne
 
 EMBEDDINGS = ("tsne", "pca", None)
 
@@ -40,7 +38,7 @@ class ACMStats:
     row_class: torch.Tensor  # (M,) each embedded sample's position in ``classes``
     embedding_kind: str  # "tsne", "pca" or "none"
     backend: str  # the t-SNE backend that ran ("exact", "cuml", "opentsne", "sklearn"), else "-"
-    stats_backend: str  # "triton" or "torch"
+    stats_backend: str  # the class statistics' backend that ran: "triton" or "torch"
     radius: str
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     # how the "exact" backend ran: "cpp-avx2" / "cpp-baseline" (csrc/tsne_cpu.cpp), "torch",
@@ -175,9 +173,7 @@ def acm(
         ran, impl = "-", "-"
         with Stopwatch(x.device) as sw:
             if embedding == "tsne":
-                z, ran = tsne_embed(x, backend=backend, seed=int(seed), **(tsne_options or {}))
-                if ran == "exact":
-                    impl = _tsne.last_implementation
+                z, ran, impl = run_tsne(x, backend=backend, seed=int(seed), **(tsne_options or {}))
             elif embedding == "pca":
                 z = pca(x, 2, seed=int(seed))
             else:
@@ -185,7 +181,7 @@ def acm(
         timings["embed"] = sw.elapsed
 
         with Stopwatch(x.device) as sw:
-            stats = class_statistics(z, cls, len(chosen), radius)
+            stats, stats_backend = run_class_statistics(z, cls, len(chosen), radius)
             value = float(stats.acm)
         timings["stats"] = sw.elapsed
         if not np.isfinite(value):
@@ -194,7 +190,6 @@ def acm(
 
     if not return_stats:
         return value
-    kernel_ran = triton_usable(z.device) and len(chosen) <= MAX_KERNEL_CLASSES
     return ACMStats(
         acm=value,
         classes=chosen,
@@ -207,7 +202,7 @@ def acm(
         row_class=cls,
         embedding_kind=embedding or "none",
         backend=ran,
-        stats_backend="triton" if kernel_ran else "torch",
+        stats_backend=stats_backend,
         radius=radius,
         timings=timings,
         tsne_impl=impl,

@@ -1,8 +1,9 @@
 """Class statistics behind ACM: class selection, the torch/Triton path and a float64 numpy reference.
 
-``class_statistics`` maps labels to class indices (the ``classes`` argument of ``st_fast.acm``)
-and computes centroids, radii, centroid distances and ACM with the fused kernel in
-``kernels/class_stats.py`` where Triton can run, or its torch reference elsewhere.
+``resolve_classes`` / ``class_index`` map labels to class indices (the ``classes`` argument of
+``st_fast.acm``). ``run_class_statistics`` computes centroids, radii, centroid distances and ACM
+through the fast path ``CLASS_STATS``: the fused kernel in ``kernels/class_stats.py`` where
+Triton can run, its torch reference elsewhere, and says which ran.
 ``class_statistics_numpy`` is the same in float64 numpy, written as plainly as possible.
 """
 
@@ -11,8 +12,34 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..backends import FastPath
 from ..errors import UserError
-from ..kernels.class_stats import RADIUS_KINDS, ClassStats, class_stats, class_stats_reference
+from ..kernels import triton_device_reason, triton_missing
+from ..kernels.class_stats import (
+    MAX_KERNEL_CLASSES,
+    RADIUS_KINDS,
+    ClassStats,
+    class_stats_reference,
+    class_stats_triton,
+)
+
+CLASS_STATS = FastPath(
+    "class-stats",
+    "ACM class statistics",
+    auto={"cpu": ("triton", "torch"), "cuda": ("triton", "torch"), "*": ("torch",)},
+)
+CLASS_STATS.add(
+    "triton",
+    "one fused Triton program (kernels/class_stats.py)",
+    detect=triton_missing,
+    runs_on=triton_device_reason,
+    takes=lambda num_classes: (
+        None if num_classes <= MAX_KERNEL_CLASSES else f"more than {MAX_KERNEL_CLASSES} classes"
+    ),
+    fallback="torch",
+)
+CLASS_STATS.add("torch", "torch reference (kernels/class_stats.py)")
+_RUN = {"triton": class_stats_triton, "torch": class_stats_reference}
 
 
 def resolve_classes(labels: torch.Tensor, classes) -> list[int]:
@@ -53,16 +80,24 @@ def class_index(labels: torch.Tensor, chosen: list[int]) -> torch.Tensor:
     return torch.where(match.any(1), idx, torch.full_like(idx, -1))
 
 
-def class_statistics(
+def run_class_statistics(
     z: torch.Tensor, class_idx: torch.Tensor, num_classes: int, radius: str = "mean", *,
     use_kernel: bool = True,
-) -> ClassStats:  # fmt: skip
-    """Centroids, radii, distances and ACM of embedding ``z`` (fused kernel where possible)."""
+) -> tuple[ClassStats, str]:  # fmt: skip
+    """(centroids, radii, distances and ACM of embedding ``z``; the backend that computed them).
+
+    The fused kernel where Triton can run and K is small enough, the torch reference otherwise
+    (always with ``use_kernel=False``)."""
     if radius not in RADIUS_KINDS:
         raise UserError(f"radius must be one of {RADIUS_KINDS}, got {radius!r}")
-    if use_kernel:
-        return class_stats(z, class_idx, num_classes, radius)
-    return class_stats_reference(z, class_idx, num_classes, radius)
+    chosen = CLASS_STATS.select("auto" if use_kernel else "torch", [z.device]).name
+    name = CLASS_STATS.fit(chosen, num_classes=num_classes)
+    return _RUN[name](z, class_idx, num_classes, radius), name
+
+
+def class_statistics(z, class_idx, num_classes: int, radius: str = "mean", *, use_kernel=True):
+    """The statistics of :func:`run_class_statistics` (a ClassStats)."""
+    return run_class_statistics(z, class_idx, num_classes, radius, use_kernel=use_kernel)[0]
 
 
 def class_statistics_numpy(z, class_idx, num_classes: int, radius: str = "mean") -> dict:

@@ -1,6 +1,9 @@
 """2-D t-SNE for ACM: an exact dense t-SNE in torch, plus cuML, openTSNE and scikit-learn.
 
-``tsne_embed(features, backend=...)`` returns the (N, 2) embedding and the backend that ran.
+``run_tsne(features, backend=...)`` returns the (N, 2) embedding, the backend that ran and, for
+"exact", how it ran (``tsne_embed`` the first two). Both choices go through the fast-path
+registry (st_fast.backends): ``TSNE`` (exact, cuML, openTSNE, scikit-learn) and ``EXACT_TSNE``
+(the iterations of the exact backend: C++ op, Triton kernels, torch reference).
 
 The "exact" backend follows the standard algorithm (van der Maaten & Hinton 2008; the optimiser
 of van der Maaten's reference code and scikit-learn):
@@ -14,11 +17,11 @@ of van der Maaten's reference code and scikit-learn):
      momentum 0.8; adaptive gains; learning rate max(N / early_exaggeration, 50).
 On the CPU the iterations run in a fused C++ op (csrc/tsne_cpu.cpp, built on first use): P in
 CSR form, the repulsion and Z summed on the fly over the pairs (each pair once), nothing N x N
-stored. Where it cannot be built, a warning says why and the torch reference runs: each
+stored. Where it cannot be built, a warning says why (once) and the torch reference runs: each
 iteration a handful of large torch ops (one N x N pass builds the kernel matrix, one GEMM with a
 (3 x N) matrix gives both the force sums and row sums). On CUDA each iteration is two Triton
-kernels (kernels/tsne_grad.py) and the loop is replayed from CUDA graphs. ``last_implementation``
-says which of these ran.
+kernels (kernels/tsne_grad.py) and the loop is replayed from CUDA graphs. ``run_exact_tsne``
+returns which of these ran.
 
 Affinities use distances in the full feature space, as scikit-learn and openTSNE do.
 Iteration counts: ``DEFAULT_N_ITER_EARLY`` + ``DEFAULT_N_ITER_LATE`` (see docs/acm.md for the
@@ -28,19 +31,20 @@ geometry, which with PCA initialisation and this learning rate has settled by th
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from ..backends import FastPath, only_on
 from ..csrc import SOURCE_DIR
 from ..csrc.build import OnDemandExtension
 from ..errors import UserError
+from ..kernels import triton_device_reason, triton_missing
 
-BACKENDS = ("exact", "cuml", "opentsne", "sklearn")
 DEFAULT_PERPLEXITY = 30.0
 DEFAULT_EARLY_EXAGGERATION = 12.0
 DEFAULT_N_ITER_EARLY = 250
@@ -213,10 +217,26 @@ _CPP_EXTENSION = OnDemandExtension(
     extra_ldflags=["-fopenmp"],
     is_python_module=False,  # registers torch.ops.st_fast_tsne.*
 )
-_cpp_fallback_warned = False
-# Which implementation the last exact_tsne call in this process ran: "cpp-avx2", "cpp-baseline"
-# (csrc/tsne_cpu.cpp), "torch" (the dense reference below) or "triton" (kernels/tsne_grad.py).
-last_implementation: str | None = None
+
+EXACT_TSNE = FastPath(
+    "tsne-exact",
+    "exact t-SNE",
+    auto={"cpu": ("cpp", "torch"), "cuda": ("triton", "torch"), "*": ("torch",)},
+)
+EXACT_TSNE.add(
+    "cpp",
+    "fused C++ iterations, P in CSR form (csrc/tsne_cpu.cpp); built on first use",
+    detect=_CPP_EXTENSION.detect,
+    runs_on=only_on("cpu"),
+    built=True,
+)
+EXACT_TSNE.add(
+    "triton",
+    "two Triton kernels per iteration, replayed from CUDA graphs (kernels/tsne_grad.py)",
+    detect=triton_missing,
+    runs_on=triton_device_reason,
+)
+EXACT_TSNE.add("torch", "dense torch reference: a few large ops per iteration")
 
 
 def cpp_status() -> str:
@@ -225,7 +245,7 @@ def cpp_status() -> str:
     The first build on a machine takes ~20-40 s (2-core development CPU); later processes only
     check and load it (about a second). A failure is remembered for the process.
     """
-    return _CPP_EXTENSION.status()
+    return EXACT_TSNE.status("cpp") or "ok"
 
 
 def cpp_implementation() -> str:
@@ -234,22 +254,22 @@ def cpp_implementation() -> str:
     return "cpp-" + torch.ops.st_fast_tsne.isa()
 
 
-def _use_cpp(requested: bool | None) -> bool:
-    """Resolve ``use_cpp`` for a CPU run: None = when it builds (warn once if not), unless
-    the environment sets ST_FAST_TSNE_CPP=0 (runs the torch path, e.g. to compare ACM readings
-    with runs made before the C++ op existed; note the torch path depends on the thread count)."""
-    global _cpp_fallback_warned
-    if requested is False or (requested is None and os.environ.get("ST_FAST_TSNE_CPP") == "0"):
-        return False
-    status = cpp_status()
-    if status == "ok":
-        return True
-    if requested:
-        raise UserError(f"{status}; use_cpp=None or False runs the torch path")
-    if not _cpp_fallback_warned:
-        _cpp_fallback_warned = True
-        warnings.warn(f"exact t-SNE: {status}; using the torch path on the CPU", stacklevel=4)
-    return False
+def _exact_backend(device, use_triton: bool | None, use_cpp: bool | None) -> str:
+    """The EXACT_TSNE backend for these flags: True requires a backend, False rules it out,
+    None lets "auto" decide. ST_FAST_TSNE_CPP=0 rules the C++ op out too (e.g. to compare ACM
+    readings with runs made before it existed; the torch path depends on the thread count)."""
+    if use_triton:
+        return EXACT_TSNE.select("triton", [device]).name
+    if use_cpp:
+        return EXACT_TSNE.select("cpp", [device]).name
+    skip = {}
+    if use_triton is False:
+        skip["triton"] = "use_triton=False"
+    if use_cpp is False:
+        skip["cpp"] = "use_cpp=False"
+    elif os.environ.get("ST_FAST_TSNE_CPP") == "0":
+        skip["cpp"] = "ST_FAST_TSNE_CPP=0"
+    return EXACT_TSNE.select("auto", [device], skip=skip).name
 
 
 def _optimise_cpp(y, p_csr, phases, learning_rate, min_gain):
@@ -307,7 +327,7 @@ def _optimise_triton(y, p, phases, learning_rate, min_gain, cuda_graphs=True):
     return y
 
 
-def exact_tsne(
+def run_exact_tsne(
     features: torch.Tensor,
     *,
     seed: int = 0,
@@ -321,22 +341,18 @@ def exact_tsne(
     use_triton: bool | None = None,
     cuda_graphs: bool = True,
     use_cpp: bool | None = None,
-) -> torch.Tensor:
-    """Exact t-SNE in float32 on ``features``' device -> (N, 2) embedding on that device.
+) -> tuple[torch.Tensor, str]:
+    """Exact t-SNE in float32 on ``features``' device -> ((N, 2) embedding, implementation).
 
-    On the CPU the iterations run in the fused C++ op (csrc/tsne_cpu.cpp) when it builds
-    (``use_cpp=None``; a failed build warns once and runs the torch path), ``use_cpp=True``
-    requires it, ``use_cpp=False`` runs the dense torch reference. ``last_implementation``
-    records which ran.
+    The implementation is "cpp-avx2" / "cpp-baseline" (the fused C++ op on the CPU, used when
+    it builds; a failed build warns once and the torch path runs), "torch" (the dense
+    reference) or "triton" (CUDA). ``use_cpp`` / ``use_triton``: True requires that path,
+    False rules it out, None lets the registry pick.
     """
-    global last_implementation
-    from ..kernels import triton_usable
-
     x = features.detach().float()
     n = x.shape[0]
-    if use_triton is None:
-        use_triton = x.device.type == "cuda" and triton_usable(x.device)
-    cpp = x.device.type == "cpu" and not use_triton and _use_cpp(use_cpp)
+    backend = _exact_backend(x.device, use_triton, use_cpp)
+    cpp = backend == "cpp"
     p = perplexity_affinities_csr(x, perplexity) if cpp else perplexity_affinities(x, perplexity)
     if init == "pca":
         y = pca(x, 2, seed=seed)
@@ -352,12 +368,15 @@ def exact_tsne(
     phases = [(float(early_exaggeration), 0.5, n_iter_early), (1.0, 0.8, n_iter_late)]
     learning_rate, min_gain = float(learning_rate), float(min_gain)
     if cpp:
-        last_implementation = cpp_implementation()
-        return _optimise_cpp(y, p, phases, learning_rate, min_gain)
-    last_implementation = "triton" if use_triton else "torch"
-    if use_triton:
-        return _optimise_triton(y, p, phases, learning_rate, min_gain, cuda_graphs)
-    return _optimise_eager(y, p, phases, learning_rate, min_gain)
+        return _optimise_cpp(y, p, phases, learning_rate, min_gain), cpp_implementation()
+    if backend == "triton":
+        return _optimise_triton(y, p, phases, learning_rate, min_gain, cuda_graphs), "triton"
+    return _optimise_eager(y, p, phases, learning_rate, min_gain), "torch"
+
+
+def exact_tsne(features: torch.Tensor, **options) -> torch.Tensor:
+    """The embedding of :func:`run_exact_tsne` (same options)."""
+    return run_exact_tsne(features, **options)[0]
 
 
 def _random_init(n: int, seed: int, device) -> torch.Tensor:
@@ -370,22 +389,41 @@ def _random_init(n: int, seed: int, device) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-@functools.cache
-def _library_available(name: str) -> bool:
-    """Detected once per process: can this optional backend run here at all?"""
-    try:
-        if name == "opentsne":
-            import openTSNE  # noqa: F401
-        elif name == "sklearn":
-            import sklearn.manifold  # noqa: F401
-        elif name == "cuml":
-            import cuml.manifold  # noqa: F401
-            import cupy
+def _import_reason(*modules: str) -> str | None:
+    """Why one of ``modules`` does not import here (None: all do)."""
+    import importlib
 
-            return bool(cupy.cuda.is_available())
-        return True
-    except Exception:
-        return False
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # ImportError, or a broken CUDA runtime under it
+            return f"{module} not importable ({type(exc).__name__}: {exc})"
+    return None
+
+
+def _cuml_reason() -> str | None:
+    reason = _import_reason("cuml.manifold", "cupy")
+    if reason is None:
+        import cupy
+
+        if not cupy.cuda.is_available():
+            reason = "cupy sees no CUDA device"
+    return reason
+
+
+TSNE = FastPath(
+    "tsne",
+    "t-SNE",
+    auto={
+        "cpu": ("exact", "opentsne", "sklearn"),
+        "cuda": ("exact", "cuml", "opentsne", "sklearn"),
+    },
+)
+TSNE.add("exact", "exact dense t-SNE, this module (iterations: fast path tsne-exact)")
+TSNE.add("cuml", "cuML TSNE (GPU)", detect=_cuml_reason, runs_on=only_on("cuda"))
+TSNE.add("opentsne", "openTSNE (CPU, FFT-accelerated)", detect=lambda: _import_reason("openTSNE"))
+TSNE.add("sklearn", "scikit-learn's TSNE (CPU)", detect=lambda: _import_reason("sklearn.manifold"))
+BACKENDS = tuple(TSNE.backends)
 
 
 def _cuml_tsne(x: torch.Tensor, seed: int, perplexity: float) -> torch.Tensor:
@@ -421,56 +459,50 @@ def _sklearn_tsne(x: torch.Tensor, seed: int, perplexity: float) -> torch.Tensor
 
 def available_backends(device="cpu") -> list[str]:
     """Backends that can run on tensors of ``device``, fastest first for N around 1000."""
-    dev = torch.device(device)
-    names = ["exact"]
-    if dev.type == "cuda" and _library_available("cuml"):
-        names.append("cuml")
-    names += [b for b in ("opentsne", "sklearn") if _library_available(b)]
-    return names
+    return TSNE.available(device)
 
 
 def select_backend(backend: str, n: int, device) -> str:
-    """Resolve ``backend`` ("auto" or a name) for N samples on ``device``; UserError if unusable."""
-    dev = torch.device(device)
-    if backend == "auto":
-        limit = EXACT_AUTO_MAX_N_CUDA if dev.type == "cuda" else EXACT_AUTO_MAX_N_CPU
-        if dev.type == "cpu" and limit < n <= EXACT_AUTO_MAX_N_CPU_CPP and cpp_status() == "ok":
-            limit = EXACT_AUTO_MAX_N_CPU_CPP
-        if n <= limit:
-            return "exact"
-        for name in ("cuml", "opentsne", "sklearn"):
-            if name in available_backends(dev):
-                return name
+    """Resolve ``backend`` ("auto" or a name) for N samples on ``device``; UserError if unusable.
+
+    "auto" keeps the exact backend up to a size (it is O(N^2)), then the first library that
+    runs here, and the exact backend again when none does."""
+    if backend != "auto":
+        return TSNE.select(backend, [device]).name
+    kind = torch.device(device).type
+    limit = EXACT_AUTO_MAX_N_CUDA if kind == "cuda" else EXACT_AUTO_MAX_N_CPU
+    if kind == "cpu" and limit < n <= EXACT_AUTO_MAX_N_CPU_CPP and cpp_status() == "ok":
+        limit = EXACT_AUTO_MAX_N_CPU_CPP
+    if n <= limit:
         return "exact"
-    if backend not in BACKENDS:
-        raise UserError(f"unknown t-SNE backend {backend!r}; choose 'auto' or one of {BACKENDS}")
-    if backend == "cuml" and dev.type != "cuda":
-        raise UserError("backend 'cuml' needs the features on a CUDA device; use 'auto' or 'exact'")
-    if backend not in available_backends(dev):
-        raise UserError(
-            f"t-SNE backend {backend!r} is not usable here (package missing or no GPU); "
-            f"available: {available_backends(dev)}"
-        )
-    return backend
+    libraries = [name for name in TSNE.auto.get(kind, ()) if name != "exact"]
+    return TSNE.select("auto", [device], order=(*libraries, "exact")).name
 
 
-def tsne_embed(
+class TSNERun(NamedTuple):
+    embedding: torch.Tensor  # (N, 2) float32 on the input's device
+    backend: str  # "exact", "cuml", "opentsne", "sklearn"
+    implementation: str  # how "exact" ran ("cpp-avx2", "torch", "triton", ...), else "-"
+
+
+def run_tsne(
     features,
     *,
     backend: str = "auto",
     seed: int = 0,
     perplexity: float = DEFAULT_PERPLEXITY,
     **exact_options,
-) -> tuple[torch.Tensor, str]:
-    """2-D t-SNE of ``features`` (N, D) -> (embedding (N, 2) float32 on the input's device, backend).
+) -> TSNERun:
+    """2-D t-SNE of ``features`` (N, D): the embedding and which backend (and path) ran.
 
-    ``exact_options`` go to :func:`exact_tsne` (iteration counts, learning rate, init, ...);
+    ``exact_options`` go to :func:`run_exact_tsne` (iteration counts, learning rate, init, ...);
     the library backends use their own defaults with ``random_state=seed``.
     """
     x = torch.as_tensor(features)
     name = select_backend(backend, x.shape[0], x.device)
+    implementation = "-"
     if name == "exact":
-        emb = exact_tsne(x, seed=seed, perplexity=perplexity, **exact_options)
+        emb, implementation = run_exact_tsne(x, seed=seed, perplexity=perplexity, **exact_options)
     elif name == "cuml":
         emb = _cuml_tsne(x, seed, perplexity)
     elif name == "opentsne":
@@ -480,4 +512,10 @@ def tsne_embed(
     emb = emb.to(x.device)
     if not bool(torch.isfinite(emb).all()):
         raise RuntimeError(f"t-SNE backend {name!r} produced non-finite coordinates")
-    return emb, name
+    return TSNERun(emb, name, implementation)
+
+
+def tsne_embed(features, **options) -> tuple[torch.Tensor, str]:
+    """(embedding (N, 2), backend) of :func:`run_tsne` (same options)."""
+    run = run_tsne(features, **options)
+    return run.embedding, run.backend

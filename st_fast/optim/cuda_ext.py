@@ -13,6 +13,7 @@ Build directory: $ST_FAST_EXTENSION_DIR, else torch's default ($TORCH_EXTENSIONS
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -29,15 +30,13 @@ SOURCES = (SOURCE_DIR / "fused_sgd.cpp", SOURCE_DIR / "fused_sgd_kernel.cu")
 # ExtensionUnavailable is re-exported: FusedSGD catches it from here.
 __all__ = [
     "ExtensionUnavailable",
+    "detect",
     "find_cuda_home",
     "find_nvcc",
     "load_extension",
+    "toolchain_missing",
     "unavailable_reason",
 ]
-
-_extension = OnDemandExtension(
-    EXTENSION_NAME, SOURCES, "CUDA extension", extra_cflags=["-O3"], extra_cuda_cflags=["-O3"]
-)
 
 
 def _is_cuda_home(path: str | os.PathLike | None) -> bool:
@@ -74,10 +73,9 @@ def find_nvcc() -> Path | None:
     return home / "bin" / "nvcc" if home else None
 
 
-def unavailable_reason(require_gpu: bool = True) -> str | None:
-    """Why the extension cannot be built (or used, with ``require_gpu``) here; None if it can."""
-    if _extension.failure is not None:
-        return _extension.failure
+def toolchain_missing(require_gpu: bool = True) -> str | None:
+    """What this machine lacks to build (or, with ``require_gpu``, run) the extension; None if
+    nothing: a CUDA build of torch, a GPU, a CUDA toolkit, a C++ compiler and ninja."""
     if torch.version.cuda is None:
         return "this torch build has no CUDA support"
     if require_gpu and not torch.cuda.is_available():
@@ -87,12 +85,34 @@ def unavailable_reason(require_gpu: bool = True) -> str | None:
     return toolchain_problem()
 
 
-def _point_torch_at_cuda_home() -> None:
+def unavailable_reason(require_gpu: bool = True) -> str | None:
+    """Why the extension cannot be built (or used, with ``require_gpu``) here; None if it can."""
+    return _extension.failure or toolchain_missing(require_gpu)
+
+
+@contextlib.contextmanager
+def _torch_pointed_at_cuda_home():
+    """During the build only: torch fixed its CUDA_HOME guess at import, and the guess can be
+    wrong (see find_cuda_home); point it at the real toolkit, then put the guess back."""
     from torch.utils import cpp_extension
 
-    if not _is_cuda_home(getattr(cpp_extension, "CUDA_HOME", None)):
-        # torch fixed its guess at import time; point it at the real toolkit.
+    guess = getattr(cpp_extension, "CUDA_HOME", None)
+    if not _is_cuda_home(guess):
         cpp_extension.CUDA_HOME = str(find_cuda_home())
+    try:
+        yield
+    finally:
+        cpp_extension.CUDA_HOME = guess
+
+
+_extension = OnDemandExtension(
+    EXTENSION_NAME,
+    SOURCES,
+    "CUDA extension",
+    extra_cflags=["-O3"],
+    extra_cuda_cflags=["-O3"],
+    build_env=_torch_pointed_at_cuda_home,
+)
 
 
 def load_extension(verbose: bool = False, require_gpu: bool = True):
@@ -102,7 +122,10 @@ def load_extension(verbose: bool = False, require_gpu: bool = True):
     imports, but its kernels need CUDA tensors.
     """
     return _extension.load(
-        verbose=verbose,
-        check=lambda: unavailable_reason(require_gpu=require_gpu),
-        prepare=_point_torch_at_cuda_home,
+        verbose=verbose, check=lambda: unavailable_reason(require_gpu=require_gpu)
     )
+
+
+def detect() -> str | None:
+    """For the fast-path registry: why the extension cannot run here (builds it the first time)."""
+    return _extension.detect(check=unavailable_reason)

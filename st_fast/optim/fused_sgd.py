@@ -11,19 +11,21 @@ nesterov, parameters without a gradient skipped. A scale of 0 behaves as torch w
 parameter keeps its value and the momentum buffer is still updated. LR schedulers act on
 ``param_groups[i]["lr"]``; ``lr_scale`` lives in the param group, so state_dict() carries it.
 
-Backends (``backend=``; "auto" picks the first that works for the parameters' device):
+Backends (the fast path ``FUSED_SGD``, see st_fast.backends; ``backend=``; "auto" picks the
+first that works for the parameters' device):
     triton       one Triton launch per dtype, the scale read inside the kernel (CUDA)
     cuda         csrc/ multi-tensor-apply CUDA extension, built on demand (CUDA)
-    torch_fused  torch._fused_sgd_ once per (dtype, distinct lr) batch; the CPU default
-                 (on CPU, tensors under FUSED_MIN_NUMEL values are updated on one thread)
+    torch_fused  torch._fused_sgd_ (torch's C++/CUDA kernel) once per (dtype, distinct lr)
+                 batch; the CPU default (on CPU, tensors under FUSED_MIN_NUMEL values are
+                 updated by a worker with a one-thread intra-op team, see one_thread.py)
     foreach      torch._foreach_* ops (several passes over memory); works everywhere
     reference    plain per-tensor loop (kernels/fused_sgd.py), the definition of the update
-fp16 / bf16 parameters are updated with fp32 arithmetic by every backend.
+fp16 / bf16 parameters are updated with fp32 arithmetic by every backend. A batch a backend
+does not take (float64 for the kernels, non-dense layouts) goes to its fallback.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections import defaultdict
 from collections.abc import Iterable
@@ -32,8 +34,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from st_fast.backends import FastPath, only_on
 from st_fast.errors import UserError
-from st_fast.kernels import TRITON_AVAILABLE, interpret_mode
+from st_fast.kernels import triton_device_reason, triton_missing
 from st_fast.kernels.fused_sgd import (
     SUPPORTED_DTYPES,
     build_table,
@@ -45,96 +48,61 @@ from st_fast.kernels.fused_sgd import (
 )
 
 from . import cuda_ext
-
-BACKENDS = ("triton", "cuda", "torch_fused", "foreach", "reference")
-_AUTO_ORDER = {
-    "cuda": ("triton", "cuda", "torch_fused", "foreach"),
-    "cpu": ("torch_fused", "foreach"),
-}
+from .one_thread import run_on_one_thread
 
 
-def _unavailable_reason(backend: str, device_type: str) -> str | None:
-    """Why ``backend`` cannot update tensors on ``device_type``; None if it can."""
-    if backend not in BACKENDS:
-        return f"unknown backend {backend!r}; choose one of auto, {', '.join(BACKENDS)}"
-    if device_type == "cuda" and not torch.cuda.is_available():
-        return "no CUDA GPU is visible"
-    if backend == "triton":
-        if not TRITON_AVAILABLE:
-            return "triton is not installed"
-        if device_type == "cuda":
-            return None
-        if device_type == "cpu" and interpret_mode():
-            return None
-        return f"triton needs CUDA tensors (or TRITON_INTERPRET=1 on CPU), got {device_type}"
-    if backend == "cuda":
-        if device_type != "cuda":
-            return f"the CUDA extension needs CUDA tensors, got {device_type}"
-        return cuda_ext.unavailable_reason()
-    if backend == "torch_fused":
-        if not hasattr(torch, "_fused_sgd_"):
-            return "this torch has no torch._fused_sgd_"
-        return None
-    return None  # foreach, reference
+def _kernel_takes(dtype, dense: bool) -> str | None:
+    if dtype not in SUPPORTED_DTYPES:
+        return f"the kernel takes float32/float16/bfloat16, not {dtype}"
+    return None if dense else "the kernel walks storage order: dense layouts only"
+
+
+FUSED_SGD = FastPath(
+    "fused-sgd",
+    "FusedSGD",
+    auto={
+        "cuda": ("triton", "cuda", "torch_fused", "foreach"),
+        "cpu": ("torch_fused", "foreach"),
+        "*": ("torch_fused", "foreach"),
+    },
+)
+FUSED_SGD.add(
+    "triton",
+    "one Triton launch per dtype, the lr scale read in the kernel (kernels/fused_sgd.py)",
+    detect=triton_missing,
+    runs_on=triton_device_reason,
+    takes=_kernel_takes,
+    fallback="torch_fused",
+)
+FUSED_SGD.add(
+    "cuda",
+    "multi-tensor-apply CUDA extension (csrc/fused_sgd*.cu); built on first use",
+    detect=cuda_ext.detect,
+    runs_on=only_on("cuda"),
+    takes=_kernel_takes,
+    fallback="torch_fused",
+    built=True,
+)
+FUSED_SGD.add(
+    "torch_fused",
+    "torch._fused_sgd_ once per (dtype, lr) batch",
+    detect=lambda: None if hasattr(torch, "_fused_sgd_") else "this torch has no _fused_sgd_",
+    takes=lambda dtype, dense: None if dense else "dense layouts only",
+    fallback="reference",
+)
+FUSED_SGD.add("foreach", "torch._foreach_* ops (several passes over memory)")
+FUSED_SGD.add("reference", "plain per-tensor loop (kernels/fused_sgd.py): the definition")
+BACKENDS = tuple(FUSED_SGD.backends)
 
 
 def explain_backends(device: str | torch.device = "cpu") -> dict[str, str | None]:
     """Each backend -> None if it can run on ``device`` here, else the reason it cannot."""
-    device_type = torch.device(device).type
-    return {name: _unavailable_reason(name, device_type) for name in BACKENDS}
+    return FUSED_SGD.explain(device)
 
 
 def available_backends(device: str | torch.device = "cpu") -> list[str]:
     """Backends that can run on ``device`` here, in the order "auto" tries them (then the rest)."""
-    device_type = torch.device(device).type
-    order = list(_AUTO_ORDER.get(device_type, ())) + [
-        b for b in BACKENDS if b not in _AUTO_ORDER.get(device_type, ())
-    ]
-    return [b for b in order if _unavailable_reason(b, device_type) is None]
-
-
-def _select_backend(requested: str, device_types: set[str]) -> tuple[str, str]:
-    """(backend, why) for the parameters' device types; UserError if a requested one can't run."""
-    if requested != "auto":
-        if requested not in BACKENDS:
-            raise UserError(
-                f"FusedSGD backend {requested!r} is unknown; choose auto or one of {', '.join(BACKENDS)}"
-            )
-        for device_type in sorted(device_types):
-            reason = _unavailable_reason(requested, device_type)
-            if reason is not None:
-                raise UserError(
-                    f"FusedSGD backend {requested!r} cannot run here: {reason}. "
-                    f"Use backend='auto' (available: {', '.join(available_backends(device_type))})"
-                )
-        if requested == "cuda":
-            _load_cuda_extension_or_raise()
-        return requested, "requested"
-    order = _AUTO_ORDER.get(next(iter(device_types)), ()) if len(device_types) == 1 else ()
-    skipped = []
-    for candidate in dict.fromkeys((*order, "torch_fused", "foreach")):
-        reason = next(
-            (r for d in sorted(device_types) if (r := _unavailable_reason(candidate, d))), None
-        )
-        if reason is None and candidate == "cuda":
-            try:
-                cuda_ext.load_extension()
-            except cuda_ext.ExtensionUnavailable as exc:
-                reason = str(exc)
-        if reason is None:
-            why = "auto: first usable for " + "+".join(sorted(device_types))
-            if skipped:
-                why += " (skipped " + "; ".join(skipped) + ")"
-            return candidate, why
-        skipped.append(f"{candidate}: {reason}")
-    raise AssertionError("foreach always runs")  # pragma: no cover
-
-
-def _load_cuda_extension_or_raise():
-    try:
-        return cuda_ext.load_extension()
-    except cuda_ext.ExtensionUnavailable as exc:
-        raise UserError(f"FusedSGD backend 'cuda': {exc}; use backend='auto'") from exc
+    return FUSED_SGD.available(device)
 
 
 def _float_list(values, what: str) -> list[float]:
@@ -203,7 +171,7 @@ class FusedSGD(torch.optim.Optimizer):
         if lr_scale is not None:
             self.set_lr_scale(lr_scale)
         device_types = {p.device.type for p in self._all_params()} or {"cpu"}
-        self.backend, self.backend_reason = _select_backend(backend, device_types)
+        self.backend, self.backend_reason = FUSED_SGD.select(backend, device_types)
         self._tables: dict = {}  # (group index, device, dtype) -> (key, packed Triton table)
 
     def __getstate__(self):  # pickling / deepcopy keep the backend
@@ -216,7 +184,7 @@ class FusedSGD(torch.optim.Optimizer):
         self._tables = {}
         if "backend" not in self.__dict__:  # pickled by an older version
             device_types = {p.device.type for p in self._all_params()} or {"cpu"}
-            self.backend, self.backend_reason = _select_backend("auto", device_types)
+            self.backend, self.backend_reason = FUSED_SGD.select("auto", device_types)
 
     # ------------------------------------------------------------------ param groups, scales
 
@@ -379,11 +347,7 @@ class FusedSGD(torch.optim.Optimizer):
         )
         bufs = batch.bufs if hyper["momentum"] != 0 else None
         first = batch.first if hyper["momentum"] != 0 else None
-        backend = self.backend
-        if backend in ("triton", "cuda") and dtype not in SUPPORTED_DTYPES:
-            backend = "torch_fused"  # e.g. float64 parameters
-        if backend in ("triton", "cuda", "torch_fused") and not batch.dense:
-            backend = "reference"  # the fused kernels walk storage order
+        backend = FUSED_SGD.fit(self.backend, dtype=dtype, dense=batch.dense)
 
         if backend == "triton":
             table = self._triton_table(index, device, dtype, batch, bufs, first)
@@ -427,25 +391,9 @@ def _lr_batches(scales: list[float], first: list[bool] | None) -> dict[tuple, li
     return out
 
 
-# On CPU, torch's fused SGD kernel hands every tensor to its thread pool, however small; the
-# hand-off costs more than the update of a small tensor, and on a machine busy with other
-# processes each one can stall for a scheduler time slice (measured here: a 29-tensor model went
-# from 0.2 ms to 320 ms a step). Tensors below torch's own elementwise grain size (where its
-# plain ops stay on one thread) are therefore updated with the thread pool set to one thread.
+# Tensors below torch's own elementwise grain size (where its plain ops stay on one thread) are
+# updated on a worker with a one-thread intra-op team on the CPU (one_thread.py says why).
 FUSED_MIN_NUMEL = 32768
-
-
-@contextlib.contextmanager
-def _one_thread():
-    """torch's intra-op pool at one thread for the duration (a process-wide setting)."""
-    threads = torch.get_num_threads()
-    if threads > 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if threads > 1:
-            torch.set_num_threads(threads)
 
 
 def _torch_fused_step(params, grads, bufs, scales, first, **hyper):
@@ -458,8 +406,9 @@ def _torch_fused_step(params, grads, bufs, scales, first, **hyper):
         large = [i for i, p in enumerate(params) if p.numel() >= FUSED_MIN_NUMEL]
         _fused_calls(*_subset(large, params, grads, bufs, scales, first), **hyper)
     if small:
-        with _one_thread():
-            _fused_calls(*_subset(small, params, grads, bufs, scales, first), **hyper)
+        run_on_one_thread(
+            _fused_calls, *_subset(small, params, grads, bufs, scales, first), **hyper
+        )
 
 
 def _fused_calls(
