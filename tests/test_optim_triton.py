@@ -1,4 +1,4 @@
-"""The Triton backend of FusedSGD, on CPU under TRITON_INTERPRET=1 (and on a GPU when present).
+"""The Triton backend of FusedSGD on the CPU under TRITON_INTERPRET=1 (GPU runs: test_optim.py).
 
 The interpreted checks run once, in a fresh interpreter (``run_interpreted``); each test below
 asserts on its part of the measurements. Skipped only where Triton does not import.
