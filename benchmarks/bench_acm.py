@@ -5,11 +5,11 @@ Data: N samples of D = 512 Gaussian features in K = 10 classes whose centres are
 activations of an ACM subset (CIFAR-10: 100 images per class).
 
     python -m pytest benchmarks/bench_acm.py -o python_files='bench_*.py' --benchmark-only
-    python benchmarks/bench_acm.py [--rounds 5] [--threads 1,2] [--write benchmarks/results/acm_cpu.md]
+    python benchmarks/bench_acm.py [--rounds 5] [--threads 1,2] [--write [PAGE]]
 
-The script form interleaves the candidates round by round (so load from other processes hits all
-of them alike), reports medians of wall and process CPU time and the ratios to the scikit-learn
-baseline, once per thread count, and checks quality: ACM over a sequence of increasingly
+The script form interleaves the candidates round by round (benchmarks/harness.py), records medians
+of wall and process CPU time and the ratios to the scikit-learn baseline, once per thread count,
+and checks quality: ACM over a sequence of increasingly
 clustered inputs must rank like ACM on scikit-learn's t-SNE (Spearman >= 0.9), and kNN accuracy
 in the embedding must be close to scikit-learn's. On the CPU the exact backend runs twice: the
 fused C++ op (csrc/tsne_cpu.cpp, the default) and the dense torch path it replaces.
@@ -19,17 +19,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
-import os
-import platform
-import statistics
-import subprocess
-import time
-from importlib import metadata
 
 import numpy as np
 import pytest
 import torch
+from harness import Run, add_output_flags, compiler_version, cuda_sync, interleave, parse_args
 from st_fast.kernels import triton_usable
 from st_fast.kernels.tsne_grad import tsne_gradient_reference
 
@@ -100,8 +94,9 @@ def class_stats_candidates(n, d):
 TSNE_NAMES = ["exact-cpp", "exact-torch", "exact", "cuml", "opentsne", "sklearn"]
 
 
-def tsne_candidates(n):
-    """t-SNE alone; on the CPU the exact backend as "exact-cpp" (C++ op) and "exact-torch"."""
+def tsne_candidates(n, only=None):
+    """t-SNE alone; on the CPU the exact backend as "exact-cpp" (C++ op) and "exact-torch".
+    ``only``: the backends to keep (all available ones by default)."""
     x, _ = make_features(n=n)
     xt = torch.from_numpy(x).to(DEVICE)
     cands = {}
@@ -111,7 +106,7 @@ def tsne_candidates(n):
             cands["exact-torch"] = lambda: tsne_embed(xt, backend="exact", use_cpp=False)
         else:
             cands[b] = lambda b=b: tsne_embed(xt, backend=b)
-    return cands
+    return {name: fn for name, fn in cands.items() if only is None or name.split("-")[0] in only}
 
 
 # ---------------------------------------------------------------------------- pytest-benchmark
@@ -148,21 +143,6 @@ def test_tsne(benchmark, backend, n):
 # ---------------------------------------------------------------------------- script form
 
 
-def _interleaved(cands: dict, rounds: int, sync, warmup: bool = True) -> dict[str, list]:
-    """name -> [(wall s, process CPU s)] per round, the candidates taking turns each round."""
-    times = {name: [] for name in cands}
-    for fn in cands.values() if warmup else ():
-        fn()  # first-call costs (allocations, kernel compilation) are not what we measure
-    for _ in range(rounds):
-        for name, fn in cands.items():
-            sync()
-            t0, c0 = time.perf_counter(), time.process_time()
-            fn()
-            sync()
-            times[name].append((time.perf_counter() - t0, time.process_time() - c0))
-    return times
-
-
 def knn_accuracy(z, y, k=5):
     z = torch.as_tensor(z, dtype=torch.float64)
     d = torch.cdist(z, z)
@@ -189,13 +169,14 @@ def quality() -> dict:
     return {"rows": rows, "spearman": float(spearmanr(ours, theirs)[0])}
 
 
-def path_agreement(seeds=(0, 1, 2)) -> list[str]:
+def path_agreement(seeds=(0, 1, 2)) -> tuple[dict, dict]:
     """ACM from the C++ and the torch exact paths, against the chaos of t-SNE itself.
 
     For each quality level and seed: the relative ACM difference between the two paths, and
     between the torch path on the features and on the features times (1 + 1e-6 noise).
+    Returns {input: {figure: value}} and the median / max of both differences.
     """
-    rows, paths, chaos = [], [], []
+    table, paths, chaos = {}, [], []
     for spread in QUALITY_LEVELS:
         for seed in seeds:
             x, y = make_features(spread=spread, seed=seed)
@@ -206,17 +187,15 @@ def path_agreement(seeds=(0, 1, 2)) -> list[str]:
                                 tsne_options={"use_cpp": False})  # fmt: skip
             paths.append(abs(cpp - ref) / ref)
             chaos.append(abs(moved - ref) / ref)
-            rows.append(f"| {spread} | {seed} | {cpp:.3f} | {ref:.3f} | {moved:.3f} | "
-                        f"{paths[-1]:.3f} | {chaos[-1]:.3f} |")  # fmt: skip
-    return ["| spread | seed | ACM C++ | ACM torch | ACM torch, features x (1 + 1e-6 noise) | "
-            "rel. diff C++ vs torch | rel. diff torch vs perturbed torch |",
-            "|---|---|---|---|---|---|---|", *rows, "",
-            f"Relative ACM difference, median (max): C++ vs torch {np.median(paths):.3f} "
-            f"({max(paths):.3f}); torch vs perturbed torch {np.median(chaos):.3f} "
-            f"({max(chaos):.3f}).", ""]  # fmt: skip
+            table[f"spread {spread}, seed {seed}"] = {
+                "ACM C++": cpp, "ACM torch": ref, "ACM torch, features x (1 + 1e-6 noise)": moved,
+                "rel. diff C++ vs torch": paths[-1], "rel. diff torch vs perturbed torch": chaos[-1]}
+    summary = {"C++ vs torch": {"median": float(np.median(paths)), "max": max(paths)},
+               "torch vs perturbed torch": {"median": float(np.median(chaos)), "max": max(chaos)}}
+    return table, summary
 
 
-def gradient_accuracy() -> list[str]:
+def gradient_accuracy() -> dict:
     """One gradient from each CPU path against the float64 formula, at several layout scales.
 
     The start of a run (positions of standard deviation 1e-4) is where the dense torch path,
@@ -227,59 +206,16 @@ def gradient_accuracy() -> list[str]:
     p = tsne_module.perplexity_affinities(x)
     y0 = tsne_module.pca(x, 2)
     y0 = y0 / y0[:, 0].std() * 1e-4
-    rows = []
+    table = {}
     for std, alpha in [(1e-4, 12.0), (1e-2, 12.0), (1.0, 12.0), (10.0, 1.0)]:
         y = (y0 * (std / 1e-4)).contiguous()
         ref = tsne_gradient_reference(y.double(), p.double(), alpha)
         cpp = torch.ops.st_fast_tsne.gradient(y, *csr, alpha).double()
         dense = tsne_module._DenseGradient(N, "cpu")(y, p, alpha).double()
         err = [float((g - ref).norm() / ref.norm()) for g in (cpp, dense)]
-        rows.append(f"| {std:g} | {alpha:g} | {err[0]:.1e} | {err[1]:.1e} |")
-    return ["| positions std | exaggeration | C++ | torch dense |", "|---|---|---|---|", *rows, ""]
-
-
-def _machine() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(ln.split(":", 1)[1].strip() for ln in out.splitlines() if "Model name" in ln)
-    except Exception:
-        model = platform.processor()
-    if DEVICE == "cuda":
-        model += f"; GPU {torch.cuda.get_device_name()}"
-    import triton
-
-    versions = [f"torch {torch.__version__}", f"triton {triton.__version__}"]
-    for dist in ("scikit-learn", "openTSNE"):
-        try:
-            versions.append(f"{dist} {metadata.version(dist)}")
-        except metadata.PackageNotFoundError:
-            pass
-    if _cpp_ok():
-        versions.append(f"C++ t-SNE: {tsne_module.cpp_implementation()}")
-    return f"{model}, {os.cpu_count()} cores; python {platform.python_version()}, " + ", ".join(
-        versions
-    )
-
-
-def _load() -> str:
-    return " / ".join(f"{v:.1f}" for v in os.getloadavg()) + " (1 / 5 / 15 min)"
-
-
-def _table(times: dict, baseline: str | None) -> list[str]:
-    """Medians of wall and CPU time; the ratios are baseline / candidate (> 1: faster)."""
-    ratio_cols = " wall speed-up | CPU speed-up |" if baseline else ""
-    lines = [f"| candidate | median wall (s) | min wall (s) | median CPU (s) |{ratio_cols}",
-             "|---|---|---|---|" + ("---|---|" if baseline else "")]  # fmt: skip
-
-    def medians(ts):
-        return statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts)
-
-    base = medians(times[baseline]) if baseline else None
-    for name, ts in times.items():
-        wall, cpu = medians(ts)
-        ratio = f" {base[0] / wall:.2f}x | {base[1] / max(cpu, 1e-9):.2f}x |" if baseline else ""
-        lines.append(f"| {name} | {wall:.4f} | {min(t[0] for t in ts):.4f} | {cpu:.4f} |{ratio}")
-    return lines
+        table[f"positions std {std:g}, exaggeration {alpha:g}"] = {
+            "relative error, C++": err[0], "relative error, torch dense": err[1]}
+    return table
 
 
 @contextlib.contextmanager
@@ -304,7 +240,9 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds at N = 1000")
     parser.add_argument("--large", type=int, default=5000, help="N of the large t-SNE run")
     parser.add_argument("--large-rounds", type=int, default=1, help="rounds at N = --large")
-    parser.add_argument("--write", help="write the markdown report here (after every section)")
+    parser.add_argument("--large-backends", default=None,
+                        help="comma-separated t-SNE backends timed at N = --large (default: all here; "
+                             "on a GPU, scikit-learn and openTSNE take minutes there)")
     parser.add_argument(
         "--threads", default="1,2",
         help="comma-separated thread counts; the timings run once for each, with torch and the "
@@ -312,71 +250,49 @@ def main(argv=None) -> int:
         "machine shared with other jobs OpenMP barriers stall on descheduled threads, so 1 gives "
         "the sanest timings there; CPU-time ratios survive the load better than wall times.",
     )  # fmt: skip
-    args = parser.parse_args(argv)
-    thread_counts = [int(t) for t in args.threads.split(",")]
-
-    def sync():
-        if DEVICE == "cuda":
-            torch.cuda.synchronize()
-
-    from st_fast.utils import atomic_write_text
-
-    out = [f"# ACM benchmarks ({DEVICE})", "",
-           f"- machine: {_machine()}",
-           f"- date: {datetime.datetime.now().isoformat(timespec='minutes')}",
-           f"- command: `python benchmarks/bench_acm.py --rounds {args.rounds} --large {args.large}"
-           f" --large-rounds {args.large_rounds} --threads {args.threads}`",
-           f"- load average at the start: {_load()}",
-           f"- data: N = {N} (and {args.large}), D = {D}, K = {K} Gaussian classes, centre spread "
-           f"{SPREAD}",
-           "- times: medians over interleaved rounds; CPU = process CPU time (all threads); "
-           "speed-up = baseline / candidate", ""]  # fmt: skip
-
-    def emit(lines):
-        out.extend(lines)
-        print("\n".join(lines), flush=True)
-        if args.write:
-            atomic_write_text(args.write, "\n".join(out) + "\n")
-
-    emit([])
+    add_output_flags(parser)
+    args = parse_args(parser, argv)
+    run = Run("acm", DEVICE, dists=("scikit-learn", "openTSNE"), argv=argv)
+    if _cpp_ok():
+        run.versions += f", C++ t-SNE: {tsne_module.cpp_implementation()} ({compiler_version()})"
+    sync = cuda_sync(DEVICE)
     x, y = make_features()
     xl, yl = make_features(n=args.large)
     xlt, ylt = torch.from_numpy(xl).to(DEVICE), torch.from_numpy(yl).to(DEVICE)
-    for i, threads in enumerate(thread_counts):
+    for i, threads in enumerate(int(t) for t in args.threads.split(",")):
         with _limit_threads(threads):
             label = f"{threads} thread(s)" if threads else "default threads"
-            e2e = _interleaved(end_to_end_candidates(x, y), args.rounds, sync)
-            emit([f"## ACM end to end, N = {N}, D = {D}, {label} ({args.rounds} rounds)", ""]
-                 + _table(e2e, "sklearn TSNE + same statistics (baseline)") + [""])  # fmt: skip
-            t = _interleaved(tsne_candidates(N), args.rounds, sync)
-            emit([f"## t-SNE alone, N = {N}, D = {D}, {label} ({args.rounds} rounds)", ""]
-                 + _table(t, "sklearn" if "sklearn" in t else None) + [""])  # fmt: skip
-            cands = tsne_candidates(args.large)
+            e2e = interleave(end_to_end_candidates(x, y), args.rounds, sync=sync)
+            run.add_timings(f"ACM end to end, N = {N}, D = {D}, {label} ({args.rounds} rounds)", e2e,
+                            baseline="sklearn TSNE + same statistics (baseline)")
+            t = interleave(tsne_candidates(N), args.rounds, sync=sync)
+            run.add_timings(f"t-SNE alone, N = {N}, D = {D}, {label} ({args.rounds} rounds)", t,
+                            baseline="sklearn" if "sklearn" in t else None)
+            cands = tsne_candidates(args.large, args.large_backends and args.large_backends.split(","))
             cands["ACM: st_fast.acm(X, y) (default: auto)"] = lambda: st_fast.acm(xlt, ylt)
-            t = _interleaved(cands, args.large_rounds, sync, warmup=False)
-            emit([f"## t-SNE alone, N = {args.large}, D = {D}, {label} ({args.large_rounds} "
-                  "round(s)); last row: the whole ACM", ""]
-                 + _table(t, "sklearn" if "sklearn" in t else None) + [""])  # fmt: skip
+            t = interleave(cands, args.large_rounds, warmup=0, sync=sync)
+            run.add_timings(f"t-SNE alone, N = {args.large}, D = {D}, {label} ({args.large_rounds} "
+                            "round(s)); last row: the whole ACM", t, baseline="sklearn" if "sklearn" in t else None)
             if i > 0:
                 continue
             q = quality()
-            emit(["## Quality: ACM over increasingly clustered inputs (N = 1000, D = 512)", "",
-                  "| spread | ACM st_fast default | ACM sklearn t-SNE | kNN acc st_fast | kNN acc sklearn | kNN acc raw |",
-                  "|---|---|---|---|---|---|"]
-                 + [f"| {s} | {a:.3f} | {b:.3f} | {c:.3f} | {d:.3f} | {e:.3f} |"
-                    for s, a, b, c, d, e in q["rows"]]
-                 + ["", f"Spearman rank correlation of the two ACM columns: **{q['spearman']:.3f}**",
-                    ""])  # fmt: skip
+            setting = f"Quality: ACM over increasingly clustered inputs (N = {N}, D = {D})"
+            run.add_table(setting, {f"spread {s}": {
+                "ACM st_fast default": a, "ACM sklearn t-SNE": b, "kNN acc st_fast": c, "kNN acc sklearn": d,
+                "kNN acc raw": e} for s, a, b, c, d, e in q["rows"]})
+            run.add("Quality: rank agreement of the two ACM columns", "ACM st_fast default vs ACM sklearn t-SNE",
+                    "Spearman rank correlation", q["spearman"])
             if _cpp_ok():
-                emit([f"## Relative gradient error vs float64 (N = {N}, D = {D})", ""]
-                     + gradient_accuracy())  # fmt: skip
-                emit([f"## ACM from the two exact CPU paths (N = {N}, D = {D}, {label})", ""]
-                     + path_agreement())  # fmt: skip
+                run.add_table(f"Relative gradient error vs float64 (N = {N}, D = {D})", gradient_accuracy())
+                table, summary = path_agreement()
+                setting = f"ACM from the two exact CPU paths (N = {N}, D = {D}, {label})"
+                run.add_table(setting, table)
+                run.add_table(f"{setting}: relative difference over all {len(table)} inputs", summary)
             for n, d in [(1000, 2), (5000, 512)]:
-                t = _interleaved(class_stats_candidates(n, d), max(args.rounds, 20), sync)
-                emit([f"## Class statistics, N = {n}, D = {d}, K = {K}, {label}", ""]
-                     + _table(t, "numpy float64") + [""])  # fmt: skip
-    emit([f"- load average at the end: {_load()}"])
+                t = interleave(class_stats_candidates(n, d), max(args.rounds, 20), sync=sync)
+                run.add_timings(f"Class statistics, N = {n}, D = {d}, K = {K}, {label}", t,
+                                baseline="numpy float64")
+    run.save(args)
     return 0
 
 

@@ -6,19 +6,17 @@ linear in images x PGD steps x rounds; the table reports seconds per image-step 
 device given (CPU here; the GPU when there is one).
 
     python -m pytest benchmarks/bench_attacks.py -o python_files='bench_*.py' --benchmark-only
-    python benchmarks/bench_attacks.py [--device cpu] [--write benchmarks/results/attacks_cpu.md]
+    python benchmarks/bench_attacks.py [--device cpu] [--write [PAGE]]
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
-import subprocess
-import time
+import statistics
 
 import pytest
 import torch
+from harness import Run, add_output_flags, cuda_sync, interleave, parse_args
 
 from st_fast import attacks
 from st_fast.attacks.autoregressive import ar_generate, random_ar_coefficients
@@ -80,61 +78,39 @@ def test_surrogate_small_budget(benchmark, fmnist, name):
 
 # ---------------------------------------------------------------- script form
 
-def _time(fn, *a, **kw) -> float:
-    t0 = time.perf_counter()
-    fn(*a, **kw)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--write", default=None)
-    args = ap.parse_args()
+    ap.add_argument("--model-free-rounds", type=int, default=2, help="timed generations of SP, OPS and AR")
+    add_output_flags(ap)
+    args = parse_args(ap, argv)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    run = Run("attacks", device, argv=argv)
+    sync = cuda_sync(device)
     train = load_dataset("fashion-mnist", "train")
-    rows = []
-    for name in ("sp", "ops", "ar"):
-        t = min(_time(attacks.generate, name, train, seed=0) for _ in range(2))
-        rows.append((name, f"{len(train)} (all)", "-", t, t / len(train) * 1e6))
-        print(rows[-1], flush=True)
+    model_free = {name: (lambda name=name: attacks.generate(name, train, seed=0)) for name in ("sp", "ops", "ar")}
+    times = interleave(model_free, args.model_free_rounds, warmup=0, sync=sync)
+    sub = train.subset(torch.arange(SURROGATE_SUBSET))
+    surrogate = {name: (lambda name=name, b=budget: attacks.generate(name, sub, seed=0, device=device, **b))
+                 for name, budget in SURROGATE_BUDGETS.items()}
+    times.update(interleave(surrogate, 1, warmup=0, sync=sync))
+    run.add_timings("generation time", times)
+    for name, samples in times.items():
+        budget = SURROGATE_BUDGETS.get(name)
+        images = SURROGATE_SUBSET if budget else len(train)
+        run.add("generation time", name, "images", str(images) if budget else f"{images} (all)")
+        run.add("generation time", name, "budget", ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in budget.items()) if budget else "-")
+        wall = statistics.median(s.wall for s in samples)
+        run.add("generation time", name, "wall per image", wall / images * 1e6, "us", better="lower")
     g = torch.Generator().manual_seed(0)
     coef = random_ar_coefficients(10, 1, 3, g)[torch.arange(20000) % 10]
     start = torch.randn(20000, 1, 32, 32, generator=g, dtype=torch.float64)
-    t_fast = _time(ar_generate, coef, start)
-    t_pix = _time(ar_generate_per_pixel, coef, start)
-    sub = train.subset(torch.arange(SURROGATE_SUBSET))
-    for name, budget in SURROGATE_BUDGETS.items():
-        t = _time(attacks.generate, name, sub, seed=0, device=args.device, **budget)
-        rows.append((name, str(SURROGATE_SUBSET), ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                                          for k, v in budget.items()), t, t / SURROGATE_SUBSET * 1e6))
-        print(rows[-1], flush=True)
-    if args.write:
-        _write(args.write, rows, t_fast, t_pix, args.device)
-
-
-def _write(path: str, rows, t_fast: float, t_pix: float, device: str) -> None:
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in subprocess.run(
-            ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name"))
-    except Exception:  # pragma: no cover
-        cpu = platform.processor()
-    import triton
-
-    lines = [
-        "# Attack generation time (CPU)", "",
-        f"Machine: {cpu}, {torch.get_num_threads()} torch threads; torch {torch.__version__}, "
-        f"triton {triton.__version__}; device {device}; date {datetime.date.today()}.",
-        "Command: `python benchmarks/bench_attacks.py --write benchmarks/results/attacks_cpu.md`", "",
-        "| attack | images | budget | seconds | us / image |", "|---|---|---|---|---|",
-        *[f"| {n} | {k} | {b} | {t:.2f} | {u:.1f} |" for n, k, b, t, u in rows], "",
-        f"AR recursion, 20000 x 1 x 32 x 32: row-split {t_fast:.2f} s vs per-pixel gather {t_pix:.2f} s "
-        f"({t_pix / t_fast:.1f}x).", "",
-    ]
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
+    recursion = {"row-split": lambda: ar_generate(coef, start), "per-pixel gather": lambda: ar_generate_per_pixel(coef, start)}
+    run.add_timings("AR recursion, 20000 x 1 x 32 x 32", interleave(recursion, 1, warmup=0), baseline="per-pixel gather")
+    run.save(args)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

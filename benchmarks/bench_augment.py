@@ -6,11 +6,11 @@ torchvision.transforms.v2 ``RandomApply([ColorJitter], p=0.8)`` + ``RandomGraysc
 called on each image of the batch.
 
     python -m pytest benchmarks/bench_augment.py -o python_files='bench_*.py' --benchmark-only
-    python benchmarks/bench_augment.py [--rounds 7] [--threads 1,2] [--write benchmarks/results/augment_cpu.md]
+    python benchmarks/bench_augment.py [--rounds 7] [--threads 1,2] [--write [PAGE]]
 
-The script form interleaves the candidates round by round (so load from other processes hits
-all of them alike), reports the median wall and process CPU time per batch and the ratios to
-the baseline measured in the same rounds, once per torch thread count in ``--threads``. On a
+The script form interleaves the candidates round by round (benchmarks/harness.py), records the
+median wall and process CPU time per batch and the ratios to the baseline measured in the same
+rounds, once per torch thread count in ``--threads``. On a
 shared machine the CPU-time ratio is the steadier figure: wall time also counts the time the
 process waits for a core.
 """
@@ -18,17 +18,19 @@ process waits for a core.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
-import shlex
 import statistics
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
+from harness import (
+    Run,
+    add_output_flags,
+    compiler_version,
+    cuda_sync,
+    interleave,
+    load_average,
+    parse_args,
+)
 from torchvision.transforms import v2
 
 from st_fast.augment import ColorGray, available_backends
@@ -86,111 +88,27 @@ def test_color_gray_batch(benchmark, name):
 # ----------------------------------------------------------------------------- script form
 
 
-def interleaved(cands: dict, rounds: int) -> tuple[dict, dict]:
-    """Wall seconds and process CPU seconds (all threads) per call, per candidate."""
-    wall = {name: [] for name in cands}
-    cpu = {name: [] for name in cands}
-    for fn, x in cands.values():
-        fn(x)
-    _sync()
-    for _ in range(rounds):
-        for name, (fn, x) in cands.items():
-            c0, t0 = time.process_time(), time.perf_counter()
-            fn(x)
-            _sync()
-            wall[name].append(time.perf_counter() - t0)
-            cpu[name].append(time.process_time() - c0)
-    return wall, cpu
-
-
-def machine() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(
-            line.split(":", 1)[1].strip() for line in lscpu.splitlines() if "Model name" in line
-        )
-    except (OSError, StopIteration):
-        model = platform.processor() or "unknown CPU"
-    return f"{model}, {os.cpu_count()} cores"
-
-
-def _versions() -> str:
-    import torchvision
-    import triton
-
-    try:
-        cxx = os.environ.get("CXX", "c++")
-        compiler = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
-        compiler = compiler.splitlines()[0]
-    except (OSError, IndexError):
-        compiler = "no C++ compiler"
-    return (
-        f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
-        f"triton {triton.__version__}, python {platform.python_version()}, {compiler}"
-    )
-
-
-def _load() -> str:
-    try:
-        return " ".join(f"{v:.1f}" for v in os.getloadavg())
-    except OSError:
-        return "unknown"
-
-
-def table(wall: dict, cpu: dict) -> list[str]:
-    base, base_cpu = statistics.median(wall[BASELINE]), statistics.median(cpu[BASELINE])
-    lines = [
-        "| candidate | wall ms / batch | images/s (wall) | x baseline (wall) "
-        "| CPU ms / batch | images/s per CPU second | x baseline (CPU) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name in wall:
-        med, med_cpu = statistics.median(wall[name]), statistics.median(cpu[name])
-        lines.append(
-            f"| {name} | {med * 1e3:.1f} | {BATCH / med:,.0f} | {base / med:.1f} "
-            f"| {med_cpu * 1e3:.1f} | {BATCH / med_cpu:,.0f} | {base_cpu / med_cpu:.1f} |"
-        )
-    return lines
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", default=str(torch.get_num_threads()),
                         help="comma-separated torch thread counts, one table each")  # fmt: skip
-    parser.add_argument("--write", help="write the markdown report here")
-    args = parser.parse_args(argv)
-    threads = [int(t) for t in args.threads.split(",")]
-    start = datetime.datetime.now().isoformat(timespec="minutes")
-    lines = [
-        "# CG augmentation throughput",
-        "",
-        f"- machine: {machine()}, device {DEVICE}",
-        f"- {_versions()}",
-        f"- date: {start}",
-        f"- workload: {BATCH} images 3x{SIZE}x{SIZE}, ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.8 + grayscale p=0.2",
-        f"- {args.rounds} interleaved rounds per table, medians; CPU ms = process CPU time of all threads",
-        f"- load average at the start: {_load()}",
-        f"- OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
-        "- command: `" + shlex.join(["python", *sys.argv]) + "`",
-    ]
-    for n in threads:
+    add_output_flags(parser)
+    args = parse_args(parser, argv)
+    run = Run("augment", DEVICE, dists=("torchvision",), argv=argv)
+    run.versions += f", {compiler_version()}"
+    calls = {name: (lambda fn=fn, x=x: fn(x)) for name, (fn, x) in CANDIDATES.items()}
+    for n in [int(t) for t in args.threads.split(",")]:
         torch.set_num_threads(n)
-        wall, cpu = interleaved(CANDIDATES, args.rounds)
-        lines += [
-            "",
-            f"## {n} torch thread{'s' if n > 1 else ''} (load average after: {_load()})",
-            "",
-        ]
-        lines += table(wall, cpu)
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.write:
-        from st_fast.utils import atomic_write_text
-
-        atomic_write_text(args.write, report)
+        samples = interleave(calls, args.rounds, sync=cuda_sync(DEVICE))
+        setting = f"{n} torch thread{'s' if n > 1 else ''} (load average after: {load_average()})"
+        run.add_timings(setting, samples, unit="ms/batch", scale=1e3, baseline=BASELINE)
+        for name, ss in samples.items():
+            run.add(setting, name, "images/s (wall)", BATCH / statistics.median(s.wall for s in ss), "images/s",
+                    better="higher")
+            run.add(setting, name, "images per CPU second", BATCH / max(statistics.median(s.cpu for s in ss), 1e-9),
+                    "images/s", better="higher")
+    run.save(args)
     return 0
 
 

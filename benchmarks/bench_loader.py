@@ -4,21 +4,19 @@ Both produce float batches in [0, 1] with random crop (zero padding 4) and horiz
 a random order, from the same uint8 images; no model runs, so this is the input pipeline's cost.
 
     python -m pytest benchmarks/bench_loader.py -o python_files='bench_*.py' --benchmark-only
-    python benchmarks/bench_loader.py [--device cpu|cuda] [--rounds 5] [--write FILE]
+    python benchmarks/bench_loader.py [--device cpu|cuda] [--rounds 5] [--write [PAGE]]
 
-The script form interleaves the two per round and reports median images/s and the ratio.
+The script form interleaves the two per round (benchmarks/harness.py) and records median images/s
+and the ratio to the DataLoader.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
-import statistics
-import time
 
 import pytest
 import torch
+from harness import Run, add_output_flags, cuda_sync, interleave, parse_args
 
 from st_fast.data import DeviceLoader
 
@@ -68,37 +66,23 @@ def test_loader_epoch(benchmark, which):
     benchmark.pedantic(one_epoch, args=(loader, "cpu"), rounds=3, warmup_rounds=1)
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--write", default=None)
-    args = ap.parse_args()
+    add_output_flags(ap)
+    args = parse_args(ap, argv)
+    run = Run("loader", args.device, argv=argv)
     images, labels = make_images()
     loaders = {"torchvision DataLoader, per image": torchvision_loader(images, labels),
                "st_fast DeviceLoader": device_loader(images, labels, args.device)}
-    times = {k: [] for k in loaders}
-    for _ in range(args.rounds):
-        for name, loader in loaders.items():
-            t0 = time.perf_counter()
-            n = one_epoch(loader, args.device)
-            times[name].append(n / (time.perf_counter() - t0))
-    base = statistics.median(times["torchvision DataLoader, per image"])
-    lines = [f"# Input pipeline: images/s ({N} images 1x28x28, batch {BATCH}, crop pad 4 + flip)", "",
-             f"- command: `python benchmarks/bench_loader.py --device {args.device} --rounds {args.rounds}`",
-             f"- machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-             f"torch {torch.__version__}, device {args.device}, {datetime.date.today()}", "",
-             "| pipeline | median img/s | x torchvision |", "|---|---|---|"]
-    for name, ts in times.items():
-        m = statistics.median(ts)
-        lines.append(f"| {name} | {m:,.0f} | {m / base:.1f}x |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        from st_fast.utils import atomic_write_text
-
-        atomic_write_text(args.write, text)
+    epochs = {name: (lambda loader=loader: one_epoch(loader, args.device)) for name, loader in loaders.items()}
+    samples = interleave(epochs, args.rounds, sync=cuda_sync(args.device))
+    run.add_rates(f"{N} images 1x28x28, batch {BATCH}, crop pad 4 + flip", samples,
+                  baseline="torchvision DataLoader, per image")
+    run.save(args)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

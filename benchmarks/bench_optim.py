@@ -5,26 +5,22 @@ residual blocks, head), momentum 0.9, weight decay 5e-4, random gradients set on
 has its own lr multiplier (ST's lambda_l); torch needs one param group per unit for that.
 
     python -m pytest benchmarks/bench_optim.py -o python_files='bench_*.py' --benchmark-only
-    python benchmarks/bench_optim.py [--rounds 15] [--write benchmarks/results/optim_cpu.md]
+    python benchmarks/bench_optim.py [--rounds 15] [--write [PAGE]]
 
-The script form interleaves the candidates round by round (so load from other processes hits
-all of them alike), reports medians and the ratio to the faster torch per-unit-groups variant,
-and checks that every candidate computed the same update as torch's single-tensor SGD.
+The script form interleaves the candidates round by round (benchmarks/harness.py), records
+medians and the ratio to the faster torch per-unit-groups variant (by median wall time), and
+checks that every candidate computed the same update as torch's single-tensor SGD.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import datetime
-import os
-import platform
 import statistics
-import subprocess
-import time
 
 import pytest
 import torch
+from harness import Run, add_output_flags, cuda_sync, interleave, parse_args
 from torch import nn
 
 from st_fast.optim import FusedSGD
@@ -105,11 +101,6 @@ def candidates(device: str) -> dict:
     return out
 
 
-def _sync(device: str):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 # ---------------------------------------------------------------------------- pytest-benchmark
 
 
@@ -153,77 +144,14 @@ def check_same_update(device: str) -> float:
     return worst
 
 
-def measure(device: str, rounds: int, steps: int) -> tuple[dict, dict]:
-    """Wall and process-CPU milliseconds per step, one sample per round per candidate, the
-    candidates interleaved. CPU time is the steadier figure on a shared machine."""
-    built = {}
-    for name, build in candidates(device).items():
-        model, units = make_model(device)
-        opt = build(model, units)
-        for _ in range(3):
-            opt.step()
-        built[name] = opt
-    wall: dict[str, list[float]] = {name: [] for name in built}
-    cpu: dict[str, list[float]] = {name: [] for name in built}
-    for _ in range(rounds):
-        for name, opt in built.items():
-            _sync(device)
-            start, start_cpu = time.perf_counter(), time.process_time()
-            for _ in range(steps):
-                opt.step()
-            _sync(device)
-            wall[name].append((time.perf_counter() - start) / steps * 1e3)
-            cpu[name].append((time.process_time() - start_cpu) / steps * 1e3)
-    return wall, cpu
+def measure(device: str, rounds: int, steps: int) -> dict:
+    """``steps`` optimizer steps per timed call, the candidates interleaved (the warm-up call
+    creates the momentum buffers)."""
+    def steps_of(opt):
+        return lambda: [opt.step() for _ in range(steps)]
 
-
-def machine(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(
-            line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line
-        )
-    except Exception:
-        model = platform.processor()
-    return f"{model}, {torch.get_num_threads()} threads"
-
-
-def report(device: str, wall: dict, cpu: dict, diff: float, command: str) -> str:
-    import triton
-
-    medians = {name: statistics.median(v) for name, v in wall.items()}
-    cpu_medians = {name: statistics.median(v) for name, v in cpu.items()}
-    per_unit = [n for n in medians if "per-unit groups" in n]
-    best_torch = min(medians[n] for n in per_unit)
-    best_torch_cpu = min(cpu_medians[n] for n in per_unit)
-    lines = [
-        f"# FusedSGD step time, ResNet-18 parameters ({device})"
-        + (": host overhead (every tensor shrunk to 1 value)" if TINY else ""),
-        "",
-        f"- machine: {machine(device)}",
-        f"- torch {torch.__version__}, triton {triton.__version__}, python {platform.python_version()}",
-        f"- date: {datetime.date.today().isoformat()}",
-        f"- command: `{command}`",
-        "- model: torchvision resnet18(num_classes=10): 62 tensors, 11.18M values, 10 units;",
-        "  momentum 0.9, weight decay 5e-4, random gradients; distinct scales = "
-        + ", ".join(f"{s:.2f}" for s in unit_scales(10, True)),
-        f"- max |param difference| vs torch single-tensor SGD with per-unit groups after 3 steps: {diff:.1e}",
-        f"- load average when done (other processes on the machine): {os.getloadavg()[0]:.1f}",
-        f"- {len(next(iter(wall.values())))} interleaved rounds; speed-up = faster torch per-unit "
-        "variant / this candidate",
-        "",
-        "| candidate | wall ms/step (median) | wall min | speed-up (wall) | CPU ms/step (median) "
-        "| speed-up (CPU) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, m in medians.items():
-        lines.append(
-            f"| {name} | {m:.2f} | {min(wall[name]):.2f} | {best_torch / m:.2f}x | "
-            f"{cpu_medians[name]:.2f} | {best_torch_cpu / cpu_medians[name]:.2f}x |"
-        )
-    return "\n".join(lines) + "\n"
+    calls = {name: steps_of(build(*make_model(device))) for name, build in candidates(device).items()}
+    return interleave(calls, rounds, sync=cuda_sync(device))
 
 
 def main(argv=None) -> int:
@@ -232,33 +160,31 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--steps", type=int, default=10, help="steps per timed sample")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--write", help="write the markdown table here (atomically)")
-    parser.add_argument("--append", action="store_true", help="append to --write's file")
+    parser.add_argument("--append", action="store_true",
+                        help="kept for old command lines: recorded rows are always appended to the table")
     parser.add_argument(
         "--host-overhead",
         action="store_true",
         help="shrink every tensor to one value: measures the per-step host (Python) time",
     )
-    args = parser.parse_args(argv)
+    add_output_flags(parser)
+    args = parse_args(parser, argv)
     global TINY
     TINY = args.host_overhead
     torch.set_num_threads(args.threads)
+    run = Run("optim", args.device, argv=argv)
     diff = check_same_update(args.device)
-    wall, cpu = measure(args.device, args.rounds, args.steps)
-    command = "python benchmarks/bench_optim.py " + " ".join(argv or [])
-    text = report(args.device, wall, cpu, diff, command.strip())
-    print(text)
-    if args.write:
-        from st_fast.utils import atomic_write_text
-
-        if args.append and os.path.exists(args.write):
-            with open(args.write) as f:
-                text = f.read() + "\n" + text
-        atomic_write_text(args.write, text)
+    samples = measure(args.device, args.rounds, args.steps)
+    per_unit = [n for n in samples if "per-unit groups" in n]
+    fastest_torch = min(per_unit, key=lambda n: statistics.median(s.wall for s in samples[n]))
+    setting = ("ResNet-18 parameters, every tensor shrunk to 1 value (host overhead)" if TINY
+               else "ResNet-18 parameters (62 tensors, 11.18M values, 10 units)")
+    run.add_timings(setting, samples, unit="ms/step", scale=1e3 / args.steps, baseline=fastest_torch)
+    run.add("same update: max |param difference| vs torch single-tensor SGD with per-unit groups after 3 steps",
+            "every candidate", "max |difference|", diff)
+    run.save(args)
     return 0
 
 
 if __name__ == "__main__":
-    import sys
-
-    raise SystemExit(main(sys.argv[1:]))
+    raise SystemExit(main())

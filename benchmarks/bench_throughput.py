@@ -17,27 +17,22 @@ batch 512, bf16 autocast, channels_last; the loop gets pinned memory and 8 worke
 Issue 8's GPU goal: NT >= 25k img/s on an H100, ST within 5% of NT.
 
     python -m pytest benchmarks/bench_throughput.py -o python_files='bench_*.py' --benchmark-only
-    python benchmarks/bench_throughput.py [--device cpu|cuda] [--rounds 3] [--write FILE]
+    python benchmarks/bench_throughput.py [--device cpu|cuda] [--rounds 3] [--write [PAGE]]
 
-The script form interleaves the candidates epoch by epoch (so load from other processes hits
-all of them alike) and reports median images/s and each one's ratio to the torchvision loop.
+The script form interleaves the candidates epoch by epoch (benchmarks/harness.py) and records
+median images/s and each one's ratio to the torchvision loop.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import statistics
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 
 import pytest
 import torch
 import torch.nn.functional as F
+from harness import Run, add_output_flags, cuda_sync, interleave, parse_args
 
 from st_fast.config import TrainConfig
 from st_fast.data import ImageDataset
@@ -172,26 +167,6 @@ def candidates(s: Setting, with_acm: bool = False) -> dict:
     return {"_optimizer": nt.opt.backend, **cands}
 
 
-def timed(fn, device) -> tuple[int, float]:
-    _sync(device)
-    t0 = time.perf_counter()
-    n = fn()
-    _sync(device)
-    return n, time.perf_counter() - t0
-
-
-def interleaved(s: Setting, cands: dict, rounds: int) -> dict[str, list[float]]:
-    """Images/s per candidate per round; one warm-up epoch each first."""
-    for fn in cands.values():
-        timed(fn, s.device)
-    rates: dict[str, list[float]] = {k: [] for k in cands}
-    for _ in range(rounds):
-        for name, fn in cands.items():
-            n, sec = timed(fn, s.device)
-            rates[name].append(n / sec)
-    return rates
-
-
 # ---------------------------------------------------------------------------- pytest-benchmark
 BASELINE = "torchvision loop (baseline)"
 
@@ -201,8 +176,8 @@ def _bench_ratio(benchmark, s: Setting):
     function is one st_fast NT epoch."""
     cands = candidates(s)
     backend = cands.pop("_optimizer")
-    rates = interleaved(s, cands, rounds=1)
-    med = {k: statistics.median(v) for k, v in rates.items()}
+    samples = interleave(cands, rounds=1, sync=cuda_sync(s.device))
+    med = {k: statistics.median(x.returned / x.wall for x in v) for k, v in samples.items()}
     benchmark.extra_info.update({"device": s.device, "arch": s.arch, "batch": s.batch, "optimizer": backend})
     for k, v in med.items():
         benchmark.extra_info[f"{k} img/s"] = round(v)
@@ -223,17 +198,6 @@ def test_throughput_gpu(benchmark):
 
 
 # ---------------------------------------------------------------------------- script form
-def _machine(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name(0)
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        name = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        name = platform.processor() or platform.machine()
-    return f"{name}, {os.cpu_count()} cores"
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
@@ -241,41 +205,21 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, help="training images (default: 2048 CPU, 50000 GPU)")
     parser.add_argument("--batch", type=int)
     parser.add_argument("--no-acm", action="store_true", help="skip the whole-ST-epoch row")
-    parser.add_argument("--write", help="write the markdown report here")
-    args = parser.parse_args(argv)
+    add_output_flags(parser)
+    args = parse_args(parser, argv)
     base = CPU if args.device == "cpu" else GPU
     s = Setting(**{**base.__dict__, **({"n": args.n} if args.n else {}), **({"batch": args.batch} if args.batch else {})})
+    run = Run("throughput", s.device, argv=argv)
     cands = candidates(s, with_acm=not args.no_acm)
     backend = cands.pop("_optimizer")
-    load_before = os.getloadavg()[0]
-    rates = interleaved(s, cands, args.rounds)
-    load = (f"load average {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end; "
-            f"{torch.get_num_threads()} torch threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
-    med = {k: statistics.median(v) for k, v in rates.items()}
-    import triton  # noqa: F401 (version only)
-
-    cmd = "python benchmarks/bench_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    out = [f"# Epoch throughput ({s.device})", "",
-           f"- machine: {_machine(s.device)}",
-           f"- torch {torch.__version__}, triton {sys.modules['triton'].__version__}, python {platform.python_version()}",
-           f"- date: {datetime.date(2026, 11, 25).isoformat()}",
-           f"- command: `{cmd.strip()}`",
-           f"- setting: {s.arch}, {s.n} images {s.channels}x{s.size}x{s.size}, batch {s.batch}, amp {s.amp}, "
-           f"channels_last {s.channels_last}, crop padding {s.padding} + flip; loop workers {s.workers}; "
-           f"st_fast optimizer backend: {backend}",
-           f"- median of {args.rounds} epochs per candidate, interleaved, after one warm-up epoch each; {load}", "",
-           "| candidate | images/s (median) | per-round | x torchvision loop |", "|---|---|---|---|"]
-    for k, v in med.items():
-        rounds = ", ".join(f"{r:.0f}" for r in rates[k])
-        out.append(f"| {k} | {v:.0f} | {rounds} | {v / med[BASELINE]:.2f} |")
-    nt, st = med["st_fast NT"], med["st_fast ST (c = 1)"]
-    out += ["", f"ST steps / NT steps: {st / nt:.3f} (issue 8 asks for >= 0.95 on the GPU setting)"]
-    text = "\n".join(out) + "\n"
-    print(text)
-    if args.write:
-        from st_fast.utils import atomic_write_text
-
-        atomic_write_text(args.write, text)
+    samples = interleave(cands, args.rounds, sync=cuda_sync(s.device))  # one warm-up epoch each first
+    setting = (f"{s.arch}, {s.n} images {s.channels}x{s.size}x{s.size} (random uint8), 10 classes, batch {s.batch}, "
+               f"amp {s.amp}, channels_last {s.channels_last}, crop padding {s.padding} + flip; loop: DataLoader, "
+               f"{s.workers} workers; st_fast optimizer backend: {backend}")
+    run.add_rates(setting, samples, baseline=BASELINE)
+    nt, st = (statistics.median(x.returned / x.wall for x in samples[k]) for k in ("st_fast NT", "st_fast ST (c = 1)"))
+    run.add(setting, "st_fast ST (c = 1)", "throughput / st_fast NT's", st / nt)  # issue 8: >= 0.95 on the GPU
+    run.save(args)
     return 0
 
 
