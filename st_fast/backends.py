@@ -183,8 +183,8 @@ class FastPath:
             reason = self.reason(name, kind)
             if reason is not None:
                 raise UserError(
-                    f"{self.title} backend {name!r} cannot run here: {reason}; use backend='auto' "
-                    f"(available: {', '.join(self.available(kind))})"
+                    f"{self.title} backend {name!r} cannot run here: {reason} "
+                    f"(usable here: {', '.join(self.available(kind)) or 'none'}; 'auto' picks one)"
                 )
         return Choice(name, "requested")
 
