@@ -6,8 +6,15 @@ import csv
 import json
 import shutil
 
-from st_fast.bench.report import (CELLS_FILE, collect_results, load_cells, pack_cells, unpack_cells,
-                                  write_cell_plots, write_reports)
+from st_fast.bench.report import (
+    CELLS_FILE,
+    collect_results,
+    load_cells,
+    pack_cells,
+    unpack_cells,
+    write_cell_plots,
+    write_reports,
+)
 from st_fast.cli import main
 
 
