@@ -223,9 +223,10 @@ def test_gpu_backends_match_cpu_torch(dtype):
 
 
 def test_auto_falls_back_to_torch_when_the_triton_kernel_fails(monkeypatch):
+    from st_fast.kernels import triton_missing
+
     import st_fast.augment.color_gray as cgmod
     from st_fast.backends import BackendUnavailableWarning
-    from st_fast.kernels import triton_missing
 
     if triton_missing():
         pytest.skip(triton_missing())
