@@ -21,6 +21,7 @@ from harness import Run, add_output_flags, cuda_sync, interleave, parse_args
 from st_fast import attacks
 from st_fast.attacks.autoregressive import ar_generate, random_ar_coefficients
 from st_fast.data import load_dataset
+from st_fast.run import make_poison
 
 # CPU budgets for the surrogate-based attacks (the publication defaults are far larger);
 # EM's batch size is pinned at 128, the default when the committed table was measured
@@ -91,7 +92,7 @@ def main(argv=None) -> int:
     model_free = {name: (lambda name=name: attacks.generate(name, train, seed=0)) for name in ("sp", "ops", "ar")}
     times = interleave(model_free, args.model_free_rounds, warmup=0, sync=sync)
     sub = train.subset(torch.arange(SURROGATE_SUBSET))
-    surrogate = {name: (lambda name=name, b=budget: attacks.generate(name, sub, seed=0, device=device, **b))
+    surrogate = {name: (lambda name=name, b=budget: make_poison(name, sub, seed=0, device=device, **b))
                  for name, budget in SURROGATE_BUDGETS.items()}
     times.update(interleave(surrogate, 1, warmup=0, sync=sync))
     run.add_timings("generation time", times)

@@ -22,9 +22,9 @@ from pathlib import Path
 
 from harness import Run, add_output_flags, parse_args
 
-from st_fast.config import TrainConfig
+from st_fast.config import STConfig, TrainConfig
 from st_fast.data import prepare_data
-from st_fast.st import StagedTrainer, STConfig
+from st_fast.engine import Trainer
 
 
 def train_run(method: str, args, poison: str | None) -> tuple[list[dict], float]:
@@ -34,7 +34,7 @@ def train_run(method: str, args, poison: str | None) -> tuple[list[dict], float]
                       poison=poison)
     train, test = prepare_data(cfg)
     with tempfile.TemporaryDirectory() as d:
-        trainer = StagedTrainer(cfg, STConfig(method=method, log_acm=False), train, test,
+        trainer = Trainer(cfg, STConfig(method=method, log_acm=False), train, test,
                                 run_dir=Path(d), progress=False)
         cpu0 = time.process_time()
         trainer.fit()

@@ -7,8 +7,8 @@ augmentation (random crop with zero padding + horizontal flip), SGD momentum 0.9
                        transforms (v2.RandomCrop(padding) + v2.RandomHorizontalFlip + ToDtype),
                        torch.optim.SGD with one param group per unit (what per-unit lrs need)
     st_fast NT         Trainer.train_epoch: device-resident data, batched crop/flip, FusedSGD
-    st_fast ST         StagedTrainer.train_epoch with ST's multipliers after one trigger (c = 1)
-    ST + ACM check     StagedTrainer.run_epoch: the same steps plus one ACM check (default
+    st_fast ST         Trainer.train_epoch with ST's multipliers after one trigger (c = 1)
+    ST + ACM check     Trainer.run_epoch: the same steps plus one ACM check (default
                        settings) and the test evaluation, i.e. a whole ST epoch (script form only)
 
 Settings: CPU: small-resnet on Fashion-MNIST-shaped data (1x28x28, 10 classes, random uint8
@@ -34,11 +34,10 @@ import torch
 import torch.nn.functional as F
 from harness import Run, add_output_flags, cuda_sync, interleave, parse_args
 
-from st_fast.config import TrainConfig
+from st_fast.config import STConfig, TrainConfig
 from st_fast.data import ImageDataset
+from st_fast.engine import Trainer
 from st_fast.models import build_model
-from st_fast.st import StagedTrainer, STConfig
-from st_fast.trainer import Trainer
 
 
 @dataclass(frozen=True)
@@ -138,9 +137,9 @@ def candidates(s: Setting, with_acm: bool = False) -> dict:
     train, test = make_data(s)
     cfg = train_config(s)
     torch.manual_seed(0)
-    nt = Trainer(cfg, train, test, progress=False)
-    st = StagedTrainer(cfg, STConfig(method="st", log_acm=False), train, test, progress=False)
-    st.c = 1  # after one trigger: multipliers < 1 for the shallow units, so per-unit lrs are live
+    nt = Trainer(cfg, None, train, test, progress=False)
+    st = Trainer(cfg, STConfig(method="st", log_acm=False), train, test, progress=False)
+    st.policy.c = 1  # after one trigger: multipliers < 1 for the shallow units, so per-unit lrs are live
     st_scales = st.multipliers()
     loop = TorchvisionLoop(s, train)
     epochs = {"nt": 0, "st": 0}
@@ -157,7 +156,7 @@ def candidates(s: Setting, with_acm: bool = False) -> dict:
 
     cands = {"torchvision loop (baseline)": loop.epoch, "st_fast NT": run_nt, "st_fast ST (c = 1)": run_st}
     if with_acm:
-        st_acm = StagedTrainer(cfg, STConfig(method="st"), train, test, progress=False)
+        st_acm = Trainer(cfg, STConfig(method="st"), train, test, progress=False)
 
         def run_st_acm():
             st_acm.run_epoch(0)   # steps + ACM check + test evaluation (rollback decisions included)

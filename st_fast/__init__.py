@@ -2,6 +2,7 @@
 
 Public entry points are imported lazily so that ``import st_fast`` stays cheap::
 
+    st_fast.train(TrainConfig(...), STConfig(method="st-full"))   # the one training entry point
     st_fast.acm(features, labels)          # Activation Cluster Measurement
     st_fast.build_model("resnet18", 10)    # CIFAR-style models exposing units()
     st_fast.load_dataset("fashion-mnist")  # uint8 tensors + metadata
@@ -17,6 +18,12 @@ __version__ = "0.1.0"
 
 # public name -> (module, attribute)
 _LAZY = {
+    "train": ("st_fast.run", "train"),
+    "make_poison": ("st_fast.run", "make_poison"),
+    "RunResult": ("st_fast.run", "RunResult"),
+    "TrainConfig": ("st_fast.config", "TrainConfig"),
+    "STConfig": ("st_fast.config", "STConfig"),
+    "Trainer": ("st_fast.engine", "Trainer"),
     "acm": ("st_fast.cluster", "acm"),
     "build_model": ("st_fast.models", "build_model"),
     "load_dataset": ("st_fast.data", "load_dataset"),

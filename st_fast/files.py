@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import io
 import json
@@ -185,6 +186,20 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def rows_to_csv(rows: list[dict]) -> str:
+    """CSV text of dict rows; list values are joined with ';' so each row stays one line."""
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys)
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: (";".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in val)
+                             if isinstance(val, (list, tuple)) else val) for k, val in r.items()})
+    return buf.getvalue()
 
 
 def _json_default(o: Any):

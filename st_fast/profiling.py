@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
+from .engine import EpochMeter
 from .errors import UserError
-from .trainer import EpochMeter
 from .utils import atomic_path, atomic_write_text
 
 TRACE = "trace.json"
@@ -27,7 +27,7 @@ SUMMARY = "profile_summary.txt"
 
 def profile_training(trainer, steps: int = 20, out_dir: str | Path = "profile", warmup: int = 3,
                      epoch: int | None = None, row_limit: int = 25, restore: bool = True) -> dict:
-    """Profile ``steps`` training steps of ``trainer`` (a Trainer or StagedTrainer).
+    """Profile ``steps`` training steps of ``trainer`` (a Trainer or Trainer).
 
     Returns {"trace", "summary": paths, "steps", "images_per_s", "device", "top_ops": [...]}
     where top_ops lists (name, self_cpu_ms, self_device_ms, calls) by self CPU time.

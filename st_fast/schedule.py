@@ -11,6 +11,7 @@ pluggable: register a function ``(c, num_units, alpha) -> list[float]`` in ``RUL
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from .errors import UserError
@@ -51,3 +52,8 @@ def triggers_to_freeze(num_units: int, alpha: float, rule: str = "linear") -> in
     while any(f(c, num_units, alpha)):
         c += 1
     return c
+
+
+def cosine_lr(base_lr: float, epoch: int, total: int) -> float:
+    """Per-epoch cosine decay from base_lr (epoch 0) towards 0 (epoch ``total``)."""
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / max(1, total)))

@@ -12,31 +12,31 @@ import dataclasses
 import itertools
 from pathlib import Path
 
-from .config import TrainConfig
-from .st import StagedTrainer, STConfig
-from .trainer import prepare_data
-from .utils import atomic_write_json, atomic_write_text
+from .config import STConfig, TrainConfig
+from .data import prepare_data
+from .errors import UserError
+from .files import atomic_write_json, atomic_write_text, check_writable, rows_to_csv
+from .run import train
 
 
 def tune(cfg: TrainConfig, st: STConfig, taus: list[float], alphas: list[float], out: str | Path,
          progress: bool = False) -> dict:
     """Run the grid; returns {"best": {...}, "grid": [rows]} and writes tune.json / tune.csv."""
-    from .trainer import rows_to_csv
-
-    out = Path(out)
-    cfg = dataclasses.replace(cfg, val_size=cfg.val_size or 20)
-    train, test, val = prepare_data(cfg, with_val=True)
+    if cfg.val_size < 1:
+        raise UserError("tuning scores on clean validation images held out of training: set "
+                        "val_size (the paper: 20)")
+    out = check_writable(Path(out), "tune output directory")
+    train_set, _, val = prepare_data(cfg, with_val=True)
     rows = []
     for tau, alpha in itertools.product(taus, alphas):
         run_st = dataclasses.replace(st, tau=tau, alpha=alpha)
-        trainer = StagedTrainer(cfg, run_st, train, None, run_dir=out / f"tau{tau:g}-alpha{alpha:g}",
-                                progress=progress, writer="tune")
-        trainer.try_resume()
-        trainer.fit()
-        rows.append({"tau": tau, "alpha": alpha, "val_acc": trainer.evaluate(val),
-                     "rollbacks": trainer.rollbacks, "stop_reason": trainer.stop_reason})
-        trainer.log(f"[tune] tau {tau:g} alpha {alpha:g}: val acc {rows[-1]['val_acc']:.3f} "
-                    f"({len(val)} clean images), rollbacks {trainer.rollbacks}")
+        # test set None: the grid never looks at it
+        r = train(cfg, run_st, run_dir=out / f"tau{tau:g}-alpha{alpha:g}", resume="auto", writer="tune",
+                  progress=progress, data=(train_set, None, val))
+        rows.append({"tau": tau, "alpha": alpha, "val_acc": r.val_acc,
+                     "rollbacks": r.summary["rollbacks"], "stop_reason": r.summary["stop_reason"]})
+        r.trainer.log(f"[tune] tau {tau:g} alpha {alpha:g}: val acc {r.val_acc:.3f} "
+                      f"({len(val)} clean images), rollbacks {r.summary['rollbacks']}")
     best = max(rows, key=lambda r: r["val_acc"])  # max() keeps the first of equal scores
     result = {"best": best, "grid": rows, "val_size": len(val), "method": st.method}
     atomic_write_json(out / "tune.json", result)

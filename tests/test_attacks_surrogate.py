@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from st_fast import attacks
 from st_fast.attacks.base import realised_norms
 from st_fast.data import ImageDataset
+from st_fast.run import make_poison
 
 TINY = {
     "em-sample": dict(steps=2, train_steps=2, max_rounds=2),
@@ -37,8 +38,8 @@ def ds():
 
 
 def run(name, ds, seed=0, **extra):
-    return attacks.generate(name, ds, seed=seed, device="cpu", arch="small-resnet", batch_size=16,
-                            **{**TINY[name], **extra})
+    return make_poison(name, ds, seed=seed, device="cpu", arch="small-resnet", batch_size=16,
+                       **{**TINY[name], **extra})
 
 
 @pytest.mark.parametrize("name", list(TINY))

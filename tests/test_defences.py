@@ -1,13 +1,13 @@
 """Defences: each does what it claims (CPU), batched paths match their references, and each
-trains end to end through StagedTrainer."""
+trains end to end through Trainer."""
 
-import dataclasses
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from st_fast.config import TrainConfig
+import st_fast
+from st_fast.config import STConfig, TrainConfig
 from st_fast.defences import DEFENCES, resolve
 from st_fast.defences.ablations import cutmix, cutout, gaussian_blur, gaussian_blur_reference, mixup
 from st_fast.defences.at import attack_mode, pgd_linf
@@ -25,7 +25,6 @@ from st_fast.defences.ueraser import (
 )
 from st_fast.errors import UserError
 from st_fast.models import build_model
-from st_fast.st import StagedTrainer, STConfig
 
 from .helpers import toy_dataset
 
@@ -213,17 +212,15 @@ def test_select_max_loss_picks_the_worst_copy():
 
 # ----------------------------------------------------------------------------- end to end
 def run_with_defence(name, method="nt", channels=3):
-    defence = resolve(name)
+    """Through the one entry point, as `st-fast train --defence NAME` runs it."""
     cfg = TrainConfig(arch="small-resnet", epochs=1, batch_size=8, lr=0.05, device="cpu", optimizer="torch",
-                      crop_padding=2, **defence.train_overrides)
+                      crop_padding=2)
     train, test = toy_dataset(16, channels=channels, size=8), toy_dataset(8, channels=channels, size=8, seed=1)
-    if defence.prepare is not None:
-        train = defence.prepare(train, cfg.seed)
     st = STConfig(method=method, acm_embedding=None, acm_per_class=2, log_acm=False, ft_epochs=1)
-    trainer = StagedTrainer(dataclasses.replace(cfg), st, train, test, progress=False)
-    if defence.batch_transform is not None:
-        trainer.batch_transform = defence.batch_transform(trainer)
-    return trainer, trainer.fit()
+    result = st_fast.train(cfg, st, defence=name, progress=False, data=(train, test, None))
+    for field, value in resolve(name).train_overrides.items():   # the defence's training defaults applied
+        assert getattr(result.trainer.cfg, field) == value
+    return result.trainer, result.history
 
 
 def test_every_defence_is_registered():

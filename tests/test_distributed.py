@@ -7,8 +7,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from st_fast.config import TrainConfig
-from st_fast.st import StagedTrainer, STConfig
+from st_fast.config import STConfig, TrainConfig
+from st_fast.engine import Trainer
 
 from .helpers import toy_dataset
 
@@ -22,7 +22,7 @@ def _worker(rank, world, port, out_dir, results):
         cfg = TrainConfig(arch="small-resnet", epochs=3, batch_size=32, lr=0.05, device="cpu",
                           optimizer="torch", crop_padding=2)
         st = STConfig(method="st", tau=1.0, alpha=0.5, acm_embedding=None, acm_per_class=8)
-        t = StagedTrainer(cfg, st, toy_dataset(128), toy_dataset(32, seed=1), run_dir=out_dir, progress=False)
+        t = Trainer(cfg, st, toy_dataset(128), toy_dataset(32, seed=1), run_dir=out_dir, progress=False)
         # rank 0 reads "trigger" at epoch 2 only; rank 1 would trigger every time if it were asked
         readings = iter([0.5, 2.0, 0.5]) if rank == 0 else iter([9.0, 9.0, 9.0])
         t.measure_acm = lambda: (next(readings), 0.0)

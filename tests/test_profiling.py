@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from st_fast.config import TrainConfig
+from st_fast.config import STConfig, TrainConfig
+from st_fast.engine import Trainer
 from st_fast.errors import UserError
 from st_fast.profiling import SUMMARY, TRACE, profile_training
-from st_fast.st import StagedTrainer, STConfig
 
 from .helpers import toy_dataset
 
@@ -19,7 +19,7 @@ def make_trainer():
     cfg = TrainConfig(arch="small-resnet", epochs=1, batch_size=8, lr=0.05, device="cpu", optimizer="torch",
                       crop_padding=1)
     st = STConfig(method="st", acm_embedding=None, acm_per_class=2, log_acm=False)
-    return StagedTrainer(cfg, st, toy_dataset(32, size=8), toy_dataset(8, size=8, seed=1), progress=False)
+    return Trainer(cfg, st, toy_dataset(32, size=8), toy_dataset(8, size=8, seed=1), progress=False)
 
 
 def test_profile_writes_trace_and_summary_and_restores_state(tmp_path):
@@ -51,6 +51,6 @@ def test_profile_clips_steps_to_one_epoch_and_rejects_bad_counts(tmp_path):
 def test_profile_on_cuda_lists_cuda_time(tmp_path):
     cfg = TrainConfig(arch="small-resnet", epochs=1, batch_size=8, device="cuda", crop_padding=1)
     st = STConfig(method="nt", acm_embedding=None, acm_per_class=2, log_acm=False)
-    trainer = StagedTrainer(cfg, st, toy_dataset(32, size=8), None, progress=False)
+    trainer = Trainer(cfg, st, toy_dataset(32, size=8), None, progress=False)
     profile_training(trainer, steps=2, out_dir=tmp_path, warmup=1)
     assert "by self CUDA time" in (tmp_path / SUMMARY).read_text()

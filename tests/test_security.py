@@ -136,7 +136,7 @@ def test_old_format_checkpoint_refused_clearly(tmp_path, tiny_fashion, capsys):
 # ---------------------------------------------------------------- a resumed run is the same run
 
 def _interrupt_after_first_epoch(monkeypatch):
-    from st_fast.trainer import Trainer
+    from st_fast.engine import Trainer
 
     original, calls = Trainer.save_checkpoint, []
 

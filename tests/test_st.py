@@ -3,11 +3,12 @@
 import pytest
 import torch
 
-from st_fast.config import TrainConfig
+from st_fast.config import STConfig, TrainConfig
+from st_fast.engine import EpochMeter, Trainer
 from st_fast.errors import UserError
+from st_fast.methods import METHODS
+from st_fast.policy import trigger_fires
 from st_fast.schedule import lr_multipliers, triggers_to_freeze
-from st_fast.st import METHODS, StagedTrainer, STConfig, trigger_fires
-from st_fast.trainer import EpochMeter
 
 from .helpers import toy_dataset
 
@@ -18,7 +19,7 @@ CFG = TrainConfig(arch="small-resnet", epochs=3, batch_size=32, lr=0.05, device=
 def make(method="st", run_dir=None, acm_values=None, cfg=CFG, **st_kw):
     st = STConfig(method=method, tau=1.0, alpha=0.5, acm_embedding=None, acm_per_class=8,
                   ft_epochs=1, **st_kw)
-    t = StagedTrainer(cfg, st, toy_dataset(128), toy_dataset(32, seed=1), run_dir=run_dir, progress=False)
+    t = Trainer(cfg, st, toy_dataset(128), toy_dataset(32, seed=1), run_dir=run_dir, progress=False)
     if acm_values is not None:  # scripted ACM readings make every trigger deterministic
         seq = iter(acm_values)
         t.measure_acm = lambda: (next(seq), 0.0)

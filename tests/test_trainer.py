@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from st_fast.config import TrainConfig
+from st_fast.engine import Trainer
 from st_fast.errors import UserError
-from st_fast.trainer import Trainer, cosine_lr
+from st_fast.schedule import cosine_lr
 
 from .helpers import toy_dataset
 
@@ -15,7 +16,7 @@ CFG = dict(arch="small-resnet", epochs=3, batch_size=32, lr=0.05, device="cpu", 
 
 def _trainer(tmp_path, **kw):
     cfg = TrainConfig(**{**CFG, **kw})
-    return Trainer(cfg, toy_dataset(128), toy_dataset(64, seed=1, split="test"), run_dir=tmp_path,
+    return Trainer(cfg, None, toy_dataset(128), toy_dataset(64, seed=1, split="test"), run_dir=tmp_path,
                    progress=False)
 
 

@@ -4,7 +4,7 @@ import torch
 
 from st_fast.cli import main
 from st_fast.config import TrainConfig
-from st_fast.trainer import prepare_data
+from st_fast.data import prepare_data
 
 
 def test_validation_images_are_clean_balanced_and_held_out(tiny_fashion):

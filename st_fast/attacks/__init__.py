@@ -10,6 +10,15 @@ documents every attack, its defaults and their sources.
 
 from __future__ import annotations
 
+from ..data.poisoned import (
+           from_images,
+           from_perturbation,
+           from_png_folder,
+           import_any,
+           load,
+           save,
+)
+
 # importing the attack modules registers them in ATTACKS
 from . import adversarial, autoregressive, error_min, hypocritical, ops, synthetic  # noqa: F401
 from .base import (
@@ -22,7 +31,6 @@ from .base import (
            resolve,
            select_ratio,
 )
-from .fileformat import from_images, from_perturbation, from_png_folder, import_any, load, save
 
 __all__ = ["generate", "check_params", "load", "save", "PoisonedSet", "ATTACKS", "ALIASES", "AttackOutput", "resolve",
            "select_ratio", "from_perturbation", "from_images", "from_png_folder", "import_any"]

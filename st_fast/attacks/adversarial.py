@@ -18,20 +18,20 @@ differently and is our reading). With few steps the decay leaves almost no full-
 from __future__ import annotations
 
 from .base import AttackOutput, register
-from .surrogate import Augment, accuracy, craft_dataset, crop_padding, to_device, train_clean
+from .surrogate import Augment, accuracy, craft_dataset, crop_padding, to_device
 
 DEFAULTS = {"eps": 8 / 255, "step_size": 0.8 / 255, "steps": 250, "epochs": 40, "arch": "resnet18",
             "shift": 1, "batch_size": 128, "augment": True, "decay": True}
 
 
-@register("tap", norm="linf", defaults=DEFAULTS, uses_model=True, aliases=("aep", "adversarial-poison"),
+@register("tap", norm="linf", defaults=DEFAULTS, uses_model=True, trains_model=True, aliases=("aep", "adversarial-poison"),
           summary="targeted adversarial poisons against a clean-trained surrogate")
 def tap_attack(ds, gen, device, *, eps, step_size, steps, epochs, arch, shift, batch_size, augment,
-               decay, progress=False):
+               decay, progress=False, fit_model):
     import torch
 
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
-    model = train_clean(ds, arch, epochs, device, seed, progress=progress)
+    model = fit_model(ds, arch, epochs, device, seed, progress=progress)
     x, y = to_device(ds, device)
     targets = (y + int(shift)) % ds.num_classes
     aug = Augment(crop_padding(ds), device, seed) if augment else None

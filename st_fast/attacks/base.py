@@ -1,4 +1,5 @@
-"""The poisoned-set type, the attack registry, and the index selection shared by all attacks.
+"""The attack registry, its parameter checks and ``generate`` (the poisoned-set type and its
+file format live in st_fast.data.poisoned, its rules in st_fast.data.perturbation).
 
 An attack is a function ``fn(ds, gen, device, **params) -> AttackOutput`` registered under a
 name with the norm it is bounded in. It sees only the samples it must perturb (``ds``, an
@@ -12,53 +13,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
+from ..data.perturbation import NORMS, quantize, realised_norms, subset_indices  # noqa: F401 (re-exported)
+from ..data.poisoned import FORMAT_VERSION, PoisonedSet  # noqa: F401 (re-exported)
 from ..errors import UserError
-
-FORMAT_VERSION = 1
-NORMS = ("linf", "l2", "l0")
-
-
-@dataclass
-class PoisonedSet:
-    """A whole training set with some samples replaced by poisoned ones.
-
-    images: uint8 (N, C, H, W), the full training set (clean outside ``indices``);
-    labels: int64 (N,); indices: int64, sorted, the poisoned samples; meta: attack, params,
-    dataset, seed, norm, eps, ratio, format_version, and what the attack reports.
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    indices: torch.Tensor
-    meta: dict = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    @property
-    def attack(self) -> str:
-        return str(self.meta.get("attack", "?"))
-
-    @property
-    def ratio(self) -> float:
-        return len(self.indices) / max(1, len(self.images))
-
-    def perturbation(self, clean: torch.Tensor) -> torch.Tensor:
-        """Realised perturbation in [0, 1] units (float32) against the clean uint8 images."""
-        return (self.images.float() - clean.float()) / 255.0
-
-    def save(self, path: str | Path) -> Path:
-        from .fileformat import save
-
-        return save(self, path)
-
-    def describe(self) -> str:
-        return (f"{self.attack} on {self.meta.get('dataset', '?')}: {len(self.indices)}/{len(self)} samples "
-                f"poisoned ({self.meta.get('norm')} <= {self.meta.get('eps')})")
 
 
 @dataclass
@@ -77,6 +37,7 @@ class AttackSpec:
     defaults: dict                          # publication defaults (documented in docs/attacks.md)
     bound: Callable[[dict, tuple], float]   # (params, (C, H, W)) -> bound on the realised change
     uses_model: bool = False
+    trains_model: bool = False              # needs ``fit_model`` (a clean crafting model)
     summary: str = ""
 
 
@@ -86,14 +47,16 @@ ALIASES: dict[str, str] = {}
 
 def register(name: str, *, norm: str, defaults: dict,
              bound: Callable[[dict, tuple], float] | None = None,
-             uses_model: bool = False, aliases: tuple[str, ...] = (), summary: str = ""):
+             uses_model: bool = False, trains_model: bool = False, aliases: tuple[str, ...] = (),
+             summary: str = ""):
     """Decorator: register an attack function under ``name`` (and ``aliases``)."""
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}")
 
     def deco(fn):
         ATTACKS[name] = AttackSpec(name, fn, norm, dict(defaults),
-                                   bound or (lambda p, shape: float(p["eps"])), uses_model, summary)
+                                   bound or (lambda p, shape: float(p["eps"])), uses_model, trains_model,
+                                   summary)
         for a in aliases:
             ALIASES[a] = name
         return fn
@@ -111,16 +74,6 @@ def resolve(name: str) -> AttackSpec:
 
 # ---------------------------------------------------------------- which samples get poisoned
 
-def subset_indices(n: int, size: int, seed: int) -> torch.Tensor:
-    """The first ``size`` of a permutation seeded by ``seed``: the same rule as
-    ``TrainConfig.train_subset`` in st_fast.trainer.prepare_data, so a poison generated with
-    ``subset=N, seed=S`` covers exactly the images ``st-fast train --train-subset N --seed S``
-    trains on."""
-    if not 1 <= size <= n:
-        raise UserError(f"subset must be between 1 and {n} (the training-set size), got {size}")
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size]
-
-
 def select_ratio(n: int, ratio: float, seed: int) -> torch.Tensor:
     """round(ratio * n) positions out of ``n``, seeded, sorted: the protection ratio."""
     if not 0.0 <= float(ratio) <= 1.0:
@@ -130,44 +83,6 @@ def select_ratio(n: int, ratio: float, seed: int) -> torch.Tensor:
         return torch.arange(n)
     g = torch.Generator().manual_seed(seed * 7919 + 17)   # independent of the subset draw
     return torch.randperm(n, generator=g)[:k].sort().values
-
-
-# ---------------------------------------------------------------- uint8 quantisation
-
-def realised_norms(diff: torch.Tensor, norm: str) -> torch.Tensor:
-    """Per-sample norm of a perturbation (n, C, H, W) in [0, 1] units; l0 counts pixel
-    locations (any channel changed)."""
-    flat = diff.flatten(1).float()
-    if norm == "linf":
-        return flat.abs().amax(1) if flat.shape[1] else torch.zeros(len(diff))
-    if norm == "l2":
-        return flat.norm(dim=1)
-    if norm == "l0":
-        return (diff != 0).any(1).flatten(1).sum(1).float()
-    raise ValueError(norm)
-
-
-def quantize(clean: torch.Tensor, delta: torch.Tensor, norm: str, bound: float) -> torch.Tensor:
-    """uint8 images clean + delta, clipped to [0, 255], whose realised change obeys the bound.
-
-    Rounds to nearest; a sample whose rounded change would exceed ``bound`` (L2, or an L_inf
-    eps that is not a whole number of grey levels) is rounded toward zero instead, which can
-    only shrink every pixel's change. Clipping to the valid range also only shrinks it.
-    """
-    x = clean.to(torch.int32)
-    d255 = delta.float() * 255.0
-    out = (x + torch.round(d255).to(torch.int32)).clamp_(0, 255)
-    if norm != "l0":
-        # first retry: shrink the offenders' perturbation by their overshoot and round again
-        norms = realised_norms((out - x).float() / 255.0, norm)
-        over = norms > bound + 1e-6
-        if over.any():
-            scale = (bound / norms[over]).view(-1, *([1] * (x.dim() - 1)))
-            out[over] = (x[over] + torch.round(d255[over] * scale).to(torch.int32)).clamp_(0, 255)
-            over = realised_norms((out - x).float() / 255.0, norm) > bound + 1e-6
-        if over.any():
-            out[over] = (x[over] + torch.trunc(d255[over]).to(torch.int32)).clamp_(0, 255)
-    return out.to(torch.uint8)
 
 
 # ---------------------------------------------------------------- parameter checks
@@ -228,17 +143,26 @@ def check_params(name: str, params: dict, *, ratio: float = 1.0, seed: int = 0,
 # ---------------------------------------------------------------- the public entry point
 
 def generate(name: str, dataset, *, ratio: float = 1.0, seed: int = 0, subset: int | None = None,
-             device: str | torch.device = "auto", progress: bool = False, **params) -> PoisonedSet:
+             device: str | torch.device = "auto", progress: bool = False,
+             fit_model: Callable | None = None, **params) -> PoisonedSet:
     """Poison ``dataset`` (an ImageDataset, normally the training split) with attack ``name``.
 
     ``params`` override the attack's publication defaults (``ATTACKS[name].defaults``);
     ``ratio`` poisons a seeded random fraction; ``subset=N`` restricts the attack (and the
     ratio) to N seeded samples (the rest stay clean; see :func:`subset_indices`).
+    ``fit_model(ds, arch, epochs, device, seed, progress=...) -> model``: how attacks that
+    craft against a clean model (hypo, tap) train it; :func:`st_fast.make_poison` passes the
+    training engine (attacks never import it).
     """
     from ..utils import resolve_device
 
     spec = resolve(name)
     p = check_params(spec.name, params, ratio=ratio, seed=seed, subset=subset)
+    if spec.trains_model:
+        if fit_model is None:
+            raise UserError(f"attack {spec.name} trains a clean crafting model: call "
+                            "st_fast.make_poison(...) (same arguments), or pass fit_model=")
+        p = {**p, "fit_model": fit_model}
     n = len(dataset)
     bound = float(spec.bound(p, tuple(dataset.images.shape[1:])))
     pool = subset_indices(n, subset, seed).sort().values if subset else torch.arange(n)
@@ -258,7 +182,7 @@ def generate(name: str, dataset, *, ratio: float = 1.0, seed: int = 0, subset: i
     meta = {
         "format_version": FORMAT_VERSION,
         "attack": spec.name,
-        "params": _jsonable(p),
+        "params": _jsonable({k: v for k, v in p.items() if k != "fit_model"}),
         "dataset": dataset.name,
         "split": getattr(dataset, "split", "train"),
         "num_samples": n,

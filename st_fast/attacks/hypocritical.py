@@ -17,20 +17,20 @@ paper; off by default) crafts through a random crop + flip at every step, as TAP
 from __future__ import annotations
 
 from .base import AttackOutput, register
-from .surrogate import Augment, accuracy, craft_dataset, crop_padding, to_device, train_clean
+from .surrogate import Augment, accuracy, craft_dataset, crop_padding, to_device
 
 DEFAULTS = {"eps": 8 / 255, "step_size": 1.6 / 255, "steps": 100, "epochs": 150, "arch": "resnet18",
             "batch_size": 128, "augment": False}
 
 
-@register("hypo", norm="linf", defaults=DEFAULTS, uses_model=True, aliases=("hypocritical",),
+@register("hypo", norm="linf", defaults=DEFAULTS, uses_model=True, trains_model=True, aliases=("hypocritical",),
           summary="error-minimising noise against a fixed clean-pretrained model")
 def hypo_attack(ds, gen, device, *, eps, step_size, steps, epochs, arch, batch_size, augment,
-                progress=False):
+                progress=False, fit_model):
     import torch
 
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
-    model = train_clean(ds, arch, epochs, device, seed, progress=progress)
+    model = fit_model(ds, arch, epochs, device, seed, progress=progress)
     x, y = to_device(ds, device)
     aug = Augment(crop_padding(ds), device, seed) if augment else None
     delta = craft_dataset(model, x, y, eps=eps, step_size=step_size, steps=int(steps),

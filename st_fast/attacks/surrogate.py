@@ -2,7 +2,8 @@
 
 Surrogates are st_fast models (``st_fast.models.build_model``; inputs in [0, 1], normalisation
 inside), so every attack works in pixel space. A clean pretrained surrogate (TAP, HYPO) is
-trained with st_fast's own :class:`~st_fast.trainer.Trainer`; the min-min attacks (EM, REM)
+trained by the training engine, which the caller passes in as ``fit_model`` (attacks never
+import the engine; st_fast.make_poison passes it); the min-min attacks (EM, REM)
 interleave perturbation updates with a few training steps, which the short loop here does.
 Everything runs on ``device`` (the GPU when there is one) with data resident there.
 """
@@ -29,20 +30,6 @@ def build_surrogate(ds, arch: str, device: torch.device, seed: int) -> torch.nn.
 def sgd(model: torch.nn.Module, lr: float) -> torch.optim.SGD:
     """The optimiser the EM/REM papers use for their surrogates."""
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-
-
-def train_clean(ds, arch: str, epochs: int, device: torch.device, seed: int,
-                batch_size: int = 128, lr: float = 0.1, progress: bool = False) -> torch.nn.Module:
-    """A surrogate trained on clean ``ds`` by st_fast's NT trainer (crop + flip, cosine lr)."""
-    from ..config import TrainConfig
-    from ..trainer import Trainer
-
-    cfg = TrainConfig(dataset=ds.name, arch=arch, epochs=int(epochs), batch_size=batch_size, lr=lr,
-                      seed=seed, device=str(device), optimizer="torch", amp="off",
-                      crop_padding=crop_padding(ds))
-    trainer = Trainer(cfg, ds, None, run_dir=None, progress=progress)
-    trainer.fit()
-    return trainer.model.eval()
 
 
 def crop_padding(ds) -> int:

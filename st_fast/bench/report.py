@@ -78,7 +78,7 @@ def unpack_cells(bench_dir: str | Path) -> int:
     """Write every packed cell back as its folder cells/<id>/ (result.json, config.json,
     summary.json, history.json/.csv, checks.csv, as the trainer writes them), so that `st-fast
     bench` skips the finished cells when a packed study is continued; returns how many."""
-    from ..trainer import rows_to_csv
+    from ..files import rows_to_csv
     from ..utils import atomic_write_json
 
     cells = load_cells(bench_dir)
@@ -231,7 +231,7 @@ def paired_differences(results: list[dict], pairs: list[tuple[str, str]], select
 
 
 def results_csv(results: list[dict]) -> str:
-    from ..trainer import rows_to_csv
+    from ..files import rows_to_csv
 
     def flat(r: dict) -> dict:  # nested dicts (machine) become machine.cpu, machine.torch, ...
         out = {}
@@ -390,12 +390,8 @@ def write_cell_plots(bench_dir: str | Path) -> int:
 
 def _absolute_tau(bench, result: dict) -> float | None:
     """The tau a cell's ACM plot marks: the cell's own (variants applied), for the absolute
-    trigger only, as StagedTrainer.finish draws it."""
-    import dataclasses
+    trigger only, as Trainer.finish draws it."""
+    from .config import defence_configs
 
-    from .config import Cell
-    from .runner import cell_configs
-
-    cell = Cell(**{f.name: result[f.name] for f in dataclasses.fields(Cell)})
-    st = cell_configs(bench, cell, None, "cpu")[1]
+    st = defence_configs(bench, result["defence"])[1]
     return st.tau if st.trigger == "absolute" else None

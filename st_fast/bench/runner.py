@@ -102,6 +102,7 @@ def ensure_poison(out: Path, cfg: BenchConfig, cell: Cell, device: str) -> Path 
 def _generate_poison(path: Path, cfg: BenchConfig, cell: Cell, device: str) -> None:
     from .. import attacks
     from ..data import load_dataset
+    from ..run import make_poison
 
     clean = load_dataset(cfg.dataset, "train", root=cfg.data_root)
     params = dict(cfg.attack_params.get(cell.attack, {}))
@@ -112,7 +113,7 @@ def _generate_poison(path: Path, cfg: BenchConfig, cell: Cell, device: str) -> N
         params.setdefault("device", device)
     print(f"[bench] generating {cell.attack} (ratio {cell.ratio:g}) on {clean.describe()} ...", file=sys.stderr)
     t0 = time.perf_counter()
-    attacks.generate(cell.attack, clean, **params).save(path)
+    make_poison(cell.attack, clean, **params).save(path)
     print(f"[bench] {cell.attack} ready in {time.perf_counter() - t0:.0f} s -> {path}", file=sys.stderr)
 
 
@@ -123,33 +124,24 @@ def cell_configs(cfg: BenchConfig, cell: Cell, poison: Path | None, device: str)
 
 
 def run_cell(cfg: BenchConfig, cell: Cell, out: Path, device: str, progress: bool) -> dict:
-    from ..st import StagedTrainer
-    from ..trainer import prepare_data
+    from ..defences import DEFENCES
+    from ..run import train
 
     poison = ensure_poison(out, cfg, cell, device)
     tcfg, scfg, defence = cell_configs(cfg, cell, poison, device)
     run_dir = out / "cells" / cell.id
-    t0 = time.perf_counter()
-    train, test, val = prepare_data(tcfg, with_val=True)
-    if defence.prepare is not None:
-        train = defence.prepare(train, cell.seed)
-    trainer = StagedTrainer(tcfg, scfg, train, test, run_dir=run_dir, progress=progress, writer="bench",
-                            run_extra={"defence": cell.defence,
-                                       "variant": dict(cfg.variants.get(cell.defence, {}))})
-    if defence.batch_transform is not None:
-        trainer.batch_transform = defence.batch_transform(trainer)
     # an interrupted cell continues; a checkpoint that is unreadable, foreign or of a changed
     # config is refused (one line naming it), never silently deleted or half-loaded
-    trainer.try_resume()
-    trainer.fit()
-    s = trainer.summary()
-    acc = [r["test_acc"] for r in trainer.history]
+    r = train(tcfg, scfg, defence=defence.name if defence.name in DEFENCES else None, run_dir=run_dir,
+              resume="auto", writer="bench", progress=progress,
+              run_extra={"cell": cell.defence, "variant": dict(cfg.variants.get(cell.defence, {}))})
+    s, trainer = r.summary, r.trainer
     result = {**dataclasses.asdict(cell), "cell": cell.id, "dataset": cfg.dataset, "method": scfg.method,
               "final_test_acc": s["final_test_acc"], "peak_test_acc_oracle": s["peak_test_acc_oracle"],
-              "val_acc": trainer.evaluate(val) if len(val) else None, "val_size": len(val),
+              "val_acc": r.val_acc, "val_size": r.val_size,
               "rollbacks": s["rollbacks"], "stop_reason": s["stop_reason"], "epochs_run": s["epochs_run"],
               "time_train": s["time_train"], "time_acm": s["time_acm"], "time_eval": s["time_eval"],
-              "wall_s": time.perf_counter() - t0, "test_acc_curve": acc,
+              "wall_s": r.wall_s, "test_acc_curve": [h["test_acc"] for h in r.history],
               "device": str(trainer.device), "optimizer": trainer.opt.backend,
               "machine": machine_info(trainer.device),
               # checks restored from a checkpoint of older code lack the key

@@ -69,12 +69,13 @@ def ensure_fashion_mnist(root=None) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import attacks
-    from ..config import TrainConfig
+    from ..checkpoint import peek_checkpoint
+    from ..config import STConfig, TrainConfig
+    from ..data import prepare_data
     from ..files import check_writable
+    from ..methods import METHODS as ALL_METHODS
     from ..plots import plot_curves
-    from ..st import METHODS as ALL_METHODS
-    from ..st import StagedTrainer, STConfig
-    from ..trainer import peek_checkpoint, prepare_data
+    from ..run import train as train_run
     from ..utils import atomic_write_text
 
     dataset, arch, subset, epochs, ft_epochs = SCALES[args.scale]
@@ -97,17 +98,18 @@ def run(args: argparse.Namespace) -> int:
         clean = load_dataset(dataset, "train", root=args.data_root, download=args.download)
         print(f"poisoning {clean.describe()} with {args.attack} ...", file=sys.stderr)
         attacks.generate(args.attack, clean, seed=args.seed).save(poison_file)
-    train, test = prepare_data(cfg)
+    else:  # the demo's own poison from an earlier run: it must be the one asked for
+        meta = attacks.load(poison_file).meta
+        if meta.get("attack") != attacks.resolve(args.attack).name or meta.get("seed") != args.seed:
+            raise UserError(f"{poison_file} holds {meta.get('attack')} seed {meta.get('seed')}, not "
+                            f"{args.attack} seed {args.seed}; use another --out")
+    data = prepare_data(cfg, with_val=True)
     rows, curves = [], {}
     for method in methods:
-        st = STConfig(method=method, ft_epochs=ft_epochs)
-        trainer = StagedTrainer(cfg, st, train, test, run_dir=out / method, progress=args.progress,
-                                writer="demo")
-        trainer.try_resume()
-        trainer.fit()
-        s = trainer.summary()
-        curves[LABELS.get(method, method)] = [r["test_acc"] for r in trainer.history]
-        rows.append((LABELS.get(method, method), s))
+        result = train_run(cfg, STConfig(method=method, ft_epochs=ft_epochs), run_dir=out / method,
+                           resume="auto", writer="demo", progress=args.progress, data=data)
+        curves[LABELS.get(method, method)] = [r["test_acc"] for r in result.history]
+        rows.append((LABELS.get(method, method), result.summary))
     table = (f"Clean test accuracy after training on {args.attack}-poisoned {dataset} "
              f"({cfg.train_subset or 'all'} images, {arch}, seed {args.seed})\n\n"
              "| method | final | peak (oracle, not used to pick) | rollbacks | step-1 end | train s |\n"

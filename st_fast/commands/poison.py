@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data import load_dataset
     from ..errors import UserError
     from ..files import check_writable
+    from ..run import make_poison
 
     spec = None if args.source else attacks.resolve(args.attack)   # fail fast on a typo
     out = Path(args.out)
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     if args.source:
         ps = attacks.import_any(args.source, train, attack=args.attack, norm=args.norm, eps=args.eps)
     else:
-        ps = attacks.generate(spec.name, train, ratio=args.ratio, seed=args.seed, subset=args.subset,
+        ps = make_poison(spec.name, train, ratio=args.ratio, seed=args.seed, subset=args.subset,
                               device=args.device, progress=args.progress, **params)
     ps.save(out)
     print(f"{ps.describe()} -> {out}")

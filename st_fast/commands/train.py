@@ -24,11 +24,20 @@ def config_from_args(args: argparse.Namespace, cls=TrainConfig):
     return from_args(cls, args)
 
 
+def _defences() -> list[str]:
+    from ..defences import DEFENCES
+
+    return list(DEFENCES)
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train on clean or poisoned data (NT, ST, controls)",
                        description="Train a model; writes config.json, history.csv/json, checks.csv, "
                                    "checkpoint.pt, summary.json and plots/ under --out.")
     add_st_args(p)
+    p.add_argument("--defence", default="none", metavar="{none," + ",".join(_defences()) + "}",
+                   help="a registered defence around the method (docs/defences.md): its data step, "
+                        "per-batch step and training defaults")
     p.add_argument("--out", default=None, help="run directory (default runs/<method>-<dataset>-<arch>-s<seed>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint "
                    "(refused if any setting that changes the result differs)")
@@ -44,8 +53,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..errors import UserError
     from ..files import check_writable
-    from ..st import StagedTrainer
-    from ..trainer import prepare_data
+    from ..run import train
 
     cfg = config_from_args(args)
     st = config_from_args(args, STConfig)
@@ -55,18 +63,10 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and not (out / "checkpoint.pt").exists():
         raise UserError(f"{out}: no checkpoint to resume; drop --resume to start a new run there")
     check_writable(out, "run directory")
-    train, test = prepare_data(cfg)
-    trainer = StagedTrainer(cfg, st, train, test, run_dir=out, progress=args.progress, writer="train")
-    if args.resume and trainer.try_resume(require=True):
-        trainer.log(f"resuming {out} after {len(trainer.history)} epochs")
-    if args.profile:
-        from ..profiling import profile_training
-
-        prof = profile_training(trainer, steps=args.profile, out_dir=out / "profile")
-        trainer.log(f"profile: {prof['images_per_s']:.0f} img/s over {prof['steps']} steps -> "
-                    f"{prof['trace']}, {prof['summary']}")
-    trainer.fit()
-    s = trainer.summary()
-    print(f"{args.method}: final test acc {s['final_test_acc']:.4f}, peak (oracle) "
-          f"{s['peak_test_acc_oracle']:.4f}, rollbacks {s['rollbacks']} -> {out}")
+    result = train(cfg, st, defence=args.defence, run_dir=out, resume="require" if args.resume else "never",
+                   writer="train", progress=args.progress, profile_steps=args.profile)
+    label = args.method + (f" + {args.defence}" if args.defence not in (None, "none") else "")
+    val = f", val {result.val_acc:.4f} ({result.val_size} clean images)" if result.val_acc is not None else ""
+    print(f"{label}: final test acc {result.final_test_acc:.4f}, peak (oracle) "
+          f"{result.peak_test_acc_oracle:.4f}{val}, rollbacks {result.summary['rollbacks']} -> {out}")
     return 0

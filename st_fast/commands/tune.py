@@ -34,8 +34,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import TrainConfig
-    from ..st import STConfig
+    from ..config import STConfig, TrainConfig
     from ..tune import tune
 
     cfg = config_from_args(args, TrainConfig)

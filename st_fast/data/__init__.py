@@ -1,32 +1,14 @@
-"""Datasets (uint8 tensors + metadata) and the device-resident loader."""
+"""Datasets (uint8 tensors + metadata), the device-resident loader, poisoned sets and their
+files, and ``prepare_data`` (what a run trains on)."""
 
 from __future__ import annotations
 
-from ..errors import UserError
-from ..registry import canonical
 from .dataset import ImageDataset
+from .load import ALIASES, DATASETS, canonical_dataset, load_dataset
 from .loader import DeviceLoader, crop_flip, random_crop_flip
+from .poisoned import PoisonedSet
+from .prepare import prepare_data
 from .sources import LOADERS, STATS, cache_dir
 
-DATASETS = tuple(LOADERS)
-
 __all__ = ["ImageDataset", "DeviceLoader", "crop_flip", "random_crop_flip", "load_dataset", "DATASETS",
-           "STATS", "cache_dir", "canonical_dataset"]
-
-
-ALIASES = {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10", "cifar-100": "cifar100",
-           "imagenet": "imagenet-mini"}
-
-
-def canonical_dataset(name: str, strict: bool = True) -> str:
-    """The registered name for dataset ``name`` or one of its aliases."""
-    return canonical(name, LOADERS, ALIASES, "dataset", strict)
-
-
-def load_dataset(name: str, split: str = "train", root=None, download: bool = False,
-                 **kwargs) -> ImageDataset:
-    """Load ``split`` ("train" or "test") of dataset ``name`` (see ``DATASETS``)."""
-    key = canonical_dataset(name)
-    if split not in ("train", "test"):
-        raise UserError(f"split must be 'train' or 'test', got {split!r}")
-    return LOADERS[key](split=split, root=root, download=download, **kwargs)
+           "ALIASES", "LOADERS", "STATS", "cache_dir", "canonical_dataset", "PoisonedSet", "prepare_data"]

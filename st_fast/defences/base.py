@@ -39,7 +39,7 @@ def register(defence: Defence) -> Defence:
 
 def resolve(name: str) -> Defence:
     """A defence by name; a training method name (nt, st-full, ...) is a defence too."""
-    from ..st import METHODS
+    from ..methods import METHODS
 
     if name in DEFENCES:
         return DEFENCES[name]

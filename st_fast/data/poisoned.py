@@ -1,4 +1,4 @@
-"""The poisoned-set file, and import of what other tools produce.
+"""A poisoned training set (:class:`PoisonedSet`), its file, and import of what other tools produce.
 
 One file (``torch.save`` of plain tensors and JSON-like values, so it loads with
 ``weights_only=True``: no code runs on load) holds::
@@ -25,15 +25,55 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import UserError
-from ..files import load_torch_file
-from ..utils import atomic_write_bytes
-from .base import FORMAT_VERSION, NORMS, PoisonedSet, quantize, realised_norms
+from ..files import atomic_write_bytes, load_torch_file
+from .perturbation import NORMS, quantize, realised_norms
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class PoisonedSet:
+    """A whole training set with some samples replaced by poisoned ones.
+
+    images: uint8 (N, C, H, W), the full training set (clean outside ``indices``);
+    labels: int64 (N,); indices: int64, sorted, the poisoned samples; meta: attack, params,
+    dataset, seed, norm, eps, ratio, format_version, and what the attack reports.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def attack(self) -> str:
+        return str(self.meta.get("attack", "?"))
+
+    @property
+    def ratio(self) -> float:
+        return len(self.indices) / max(1, len(self.images))
+
+    def perturbation(self, clean: torch.Tensor) -> torch.Tensor:
+        """Realised perturbation in [0, 1] units (float32) against the clean uint8 images."""
+        return (self.images.float() - clean.float()) / 255.0
+
+    def save(self, path: str | Path) -> Path:
+        return save(self, path)
+
+    def describe(self) -> str:
+        return (f"{self.attack} on {self.meta.get('dataset', '?')}: {len(self.indices)}/{len(self)} samples "
+                f"poisoned ({self.meta.get('norm')} <= {self.meta.get('eps')})")
+
 
 MAGIC = "st_fast.poisoned-set"
 _TOL = 1e-5
