@@ -105,6 +105,10 @@ class Trainer:
         self.phase = "train"         # "train" (step 1) -> "finetune" (step 2) -> "done"
         self.stop_reason: str | None = None
         self.accepted = None         # in-memory snapshot of the last accepted check
+        # early stopping on clean validation images (defences val-es / cg-val-es): the epoch
+        # with the best accuracy there, and its weights; None: off
+        self.select_on: ImageDataset | None = None
+        self.best: dict | None = None
         self._saved_momentum: list = []
         self.unit_scales = self.policy.multipliers(self.num_units)
 
@@ -267,6 +271,7 @@ class Trainer:
             "method": self.method,
             "st": {**self.policy.state_dict(), "phase": self.phase, "stop_reason": self.stop_reason,
                    "config": self.st.to_dict(), "ft_epoch": self.ft_epoch},
+            "best": self.best,
             "format": CHECKPOINT_FORMAT,
             "run": self.run_record(),
         }
@@ -295,6 +300,7 @@ class Trainer:
             torch.cuda.set_rng_state_all(sd["cuda_rng"])
         if self.augment is not None and sd.get("augment") is not None:
             self.augment.load_state_dict(sd["augment"])
+        self.best = sd.get("best")
         st = sd["st"]
         self.policy.load_state_dict(st)
         self.phase, self.stop_reason, self.ft_epoch = st["phase"], st["stop_reason"], st["ft_epoch"]
@@ -358,6 +364,8 @@ class Trainer:
                 continue
             row = self.run_epoch(self.epoch) if self.phase == "train" else self.run_finetune_epoch()
             self.history.append(row)
+            if self.select_on is not None:
+                self._consider_for_selection(row)
             if self.phase == "train":
                 self._maybe_end_step1()
             if self.policy.acts and self.phase == "train":
@@ -368,9 +376,19 @@ class Trainer:
             self.log(self._summary(row) + f"  eta {eta.left(total - len(self.history))}")
         if self.phase == "done" or len(self.history) >= total:
             self.phase = "done"
+            if self.best is not None:   # end with the selected epoch's weights
+                self.model.load_state_dict(self.best["model"])
             self.save_checkpoint()
             self.finish()
         return self.history
+
+    def _consider_for_selection(self, row: dict) -> None:
+        """Evaluate the clean validation images; keep this epoch's weights if it is the best so
+        far (strictly better: ties go to the earliest epoch). Never looks at the test set."""
+        row["val_acc"] = self.evaluate(self.select_on)
+        if self.best is None or row["val_acc"] > self.best["val_acc"]:
+            self.best = {"epoch": row["epoch"], "val_acc": row["val_acc"],
+                         "model": copy.deepcopy(self.model.state_dict())}
 
     def _maybe_end_step1(self) -> None:
         reason = self.stop_reason or self.policy.end_reason(self.num_units)
@@ -492,8 +510,14 @@ class Trainer:
                 f"{row['images_per_s']:.0f} img/s")
 
     def summary(self) -> dict:
+        """final_test_acc: the model the run ends with (the selected epoch's, with selection)."""
         acc = [r["test_acc"] for r in self.history]
-        return {"method": self.method, "final_test_acc": acc[-1] if acc else None,
+        final = acc[-1] if acc else None
+        extra = {}
+        if self.best is not None:
+            final = self.history[self.best["epoch"] - 1]["test_acc"]
+            extra = {"selected_epoch": self.best["epoch"], "selected_val_acc": self.best["val_acc"]}
+        return {"method": self.method, "final_test_acc": final, **extra,
                 "peak_test_acc_oracle": max(acc) if acc else None, "rollbacks": self.policy.rollbacks,
                 "c": self.policy.c, "stop_reason": self.stop_reason,
                 "epochs_run": len(self.history),

@@ -8,7 +8,8 @@ It prepares the data (load, poison, hold out the clean validation images, subset
 defence's data step, builds the engine (st_fast.engine.Trainer) with the defence's per-batch
 step, resumes or refuses the run directory's checkpoint, trains, and returns a
 :class:`RunResult`. A defence's ``train_overrides`` are its defaults: they apply to the
-TrainConfig fields the caller left at TrainConfig's own defaults (an explicit value wins).
+TrainConfig fields the caller left at TrainConfig's own defaults (an explicit value wins), and
+its method replaces the default method (nt) the same way.
 """
 
 from __future__ import annotations
@@ -120,6 +121,8 @@ def train(config: TrainConfig, st: STConfig | None = None, *, defence: str | Non
                             "(training methods go in --method)")
         the_defence = DEFENCES[defence]
         config = with_defence_defaults(config, the_defence)
+        if st.method == STConfig().method and the_defence.method != st.method:
+            st = dataclasses.replace(st, method=the_defence.method)   # e.g. cg-val-es trains NT-CG
         extra["defence"] = defence
     t0 = time.perf_counter()
     train_set, test_set, val_set = data if data is not None else prepare_data(config, with_val=True)
@@ -129,6 +132,11 @@ def train(config: TrainConfig, st: STConfig | None = None, *, defence: str | Non
                       writer=writer, run_extra=extra)
     if the_defence is not None and the_defence.batch_transform is not None:
         trainer.batch_transform = the_defence.batch_transform(trainer)
+    if the_defence is not None and the_defence.select_on_val:
+        if val_set is None or not len(val_set):
+            raise UserError(f"defence {defence} keeps the epoch that is best on clean validation images: "
+                            "set val_size (--val-size; the tuner uses 20)")
+        trainer.select_on = val_set
     resumed = resume != "never" and trainer.try_resume(require=resume == "require")
     if resumed:
         trainer.log(f"resuming {run_dir} after {len(trainer.history)} epochs")

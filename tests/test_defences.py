@@ -226,7 +226,7 @@ def run_with_defence(name, method="nt", channels=3):
 def test_every_defence_is_registered():
     assert EXPECTED <= set(DEFENCES)
     for d in DEFENCES.values():
-        assert d.summary and (d.prepare or d.batch_transform or d.train_overrides)
+        assert d.summary and (d.prepare or d.batch_transform or d.train_overrides or d.select_on_val)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

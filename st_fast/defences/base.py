@@ -7,7 +7,9 @@ A defence is a training method (``nt``, ``st-full``, ...) plus any of:
   (e.g. ISS: grayscale or JPEG-compress the training images);
 - ``batch_transform(trainer) -> callable(x, y) -> (x, y)``: a per-batch step on the device
   (augmentations; mixup/cutmix return soft targets (B, K); adversarial training returns PGD
-  examples). It is installed as ``trainer.batch_transform``.
+  examples). It is installed as ``trainer.batch_transform``;
+- ``select_on_val``: early stopping on the held-out clean validation images (never the test
+  set): the run ends with the weights of its best validation epoch.
 
 The ST methods themselves are defences with nothing but a method (see ``resolve``).
 """
@@ -30,6 +32,8 @@ class Defence:
     train_overrides: dict = field(default_factory=dict)
     prepare: Callable | None = None
     batch_transform: Callable | None = None
+    # keep the epoch with the best accuracy on the clean validation images (ties: the earliest)
+    select_on_val: bool = False
 
 
 def register(defence: Defence) -> Defence:
