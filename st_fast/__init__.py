@@ -25,6 +25,8 @@ _LAZY = {
     "STConfig": ("st_fast.config", "STConfig"),
     "Trainer": ("st_fast.engine", "Trainer"),
     "acm": ("st_fast.cluster", "acm"),
+    "STController": ("st_fast.controller", "STController"),
+    "ACMMonitor": ("st_fast.monitor", "ACMMonitor"),
     "build_model": ("st_fast.models", "build_model"),
     "load_dataset": ("st_fast.data", "load_dataset"),
 }

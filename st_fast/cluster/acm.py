@@ -44,6 +44,10 @@ class ACMStats:
     # how the "exact" backend ran: "cpp-avx2" / "cpp-baseline" (csrc/tsne_cpu.cpp), "torch",
     # "triton"; "-" for the other backends and embeddings
     tsne_impl: str = "-"
+    # repeats=k: one ACM per seed (seed, seed + 1, ...); ``acm`` is their mean, ``std`` their
+    # sample standard deviation, and the geometry above is that of the first seed's embedding
+    values: list[float] = field(default_factory=list)
+    std: float = 0.0
 
     def __float__(self) -> float:
         return self.acm
@@ -127,6 +131,7 @@ def acm(
     seed: int = 0,
     return_stats: bool = False,
     tsne_options: dict | None = None,
+    repeats: int = 1,
 ):
     """Activation Cluster Measurement of ``features`` (N, D) grouped by ``labels`` (N,).
 
@@ -142,6 +147,9 @@ def acm(
         seed: seeds the t-SNE / PCA; same seed and backend give the same result on the CPU.
         return_stats: return an :class:`ACMStats` instead of the float.
         tsne_options: extra options for the "exact" backend (see ``st_fast.cluster.exact_tsne``).
+        repeats: embed under seeds ``seed .. seed + repeats - 1`` and return their mean ACM;
+            the stats' ``values`` hold each reading and ``std`` their spread (with t-SNE the
+            seeds share the affinities, so k repeats cost less than k calls).
 
     Raises:
         UserError (a ValueError) on bad input, saying which problem it found.
@@ -156,6 +164,8 @@ def acm(
             raise UserError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise UserError(f"seed must be an int, got {seed!r}")
+        if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
+            raise UserError(f"repeats must be an integer >= 1, got {repeats!r}")
         timings: dict[str, float] = {}
 
         with Stopwatch(_device_of(features)) as sw:
@@ -172,20 +182,30 @@ def acm(
 
         ran, impl = "-", "-"
         with Stopwatch(x.device) as sw:
-            if embedding == "tsne":
+            if repeats > 1:
+                zs, ran, impl = _embed_repeats(x, embedding, backend, int(seed), int(repeats), tsne_options)
+            elif embedding == "tsne":
                 z, ran, impl = run_tsne(x, backend=backend, seed=int(seed), **(tsne_options or {}))
+                zs = [z]
             elif embedding == "pca":
-                z = pca(x, 2, seed=int(seed))
+                zs = [pca(x, 2, seed=int(seed))]
             else:
-                z = x
+                zs = [x]
         timings["embed"] = sw.elapsed
 
         with Stopwatch(x.device) as sw:
-            stats, stats_backend = run_class_statistics(z, cls, len(chosen), radius)
-            value = float(stats.acm)
+            values = []
+            for z in zs:
+                one, stats_backend = run_class_statistics(z, cls, len(chosen), radius)
+                values.append(float(one.acm))
+                if not np.isfinite(values[-1]):
+                    _explain_non_finite(one, chosen)
+                if len(values) == 1:
+                    stats = one  # the geometry reported is the first seed's
+            z = zs[0]
+            value = values[0] if len(values) == 1 else float(np.mean(values))
+            spread = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
         timings["stats"] = sw.elapsed
-        if not np.isfinite(value):
-            _explain_non_finite(stats, chosen)
     timings["total"] = watch_total.elapsed
 
     if not return_stats:
@@ -206,7 +226,22 @@ def acm(
         radius=radius,
         timings=timings,
         tsne_impl=impl,
+        values=values,
+        std=spread,
     )
+
+
+def _embed_repeats(x, embedding, backend, seed, repeats, tsne_options):
+    """(embeddings, backend, implementation) under seeds seed .. seed + repeats - 1."""
+    seeds = list(range(seed, seed + repeats))
+    if embedding == "tsne":
+        from .repeats import tsne_repeats
+
+        runs = tsne_repeats(x, seeds, backend=backend, **(tsne_options or {}))
+        return [r.embedding for r in runs], runs[0].backend, runs[0].implementation
+    if embedding == "pca":
+        return [pca(x, 2, seed=s) for s in seeds], "-", "-"
+    return [x] * repeats, "-", "-"  # the raw features have no seed: every reading is the same
 
 
 def _device_of(features) -> torch.device | None:
