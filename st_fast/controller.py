@@ -143,6 +143,16 @@ def _check_cover(named, owner: dict[int, list[int]], n: int) -> dict[int, int]:
     return {pid: units[0] for pid, units in owner.items()}
 
 
+def unit_param_groups(model: nn.Module, units=None, **options) -> list[dict]:
+    """One param group per unit (``options`` in each), for an optimizer that STController then
+    only annotates: ``torch.optim.SGD(unit_param_groups(model), lr=0.1)``."""
+    unit_of, names = resolve_units(unwrap(model), units)
+    groups = [{"params": [], **options} for _ in names]
+    for p in unwrap(model).parameters():
+        groups[unit_of[id(p)]]["params"].append(p)
+    return groups
+
+
 def split_param_groups(optimizer: torch.optim.Optimizer, unit_of: dict[int, int], schedulers=()) -> int:
     """One param group per (original group, unit), in place; returns how many groups were split.
     Each group gets ``st_unit``. Attached schedulers' per-group lists are split alike."""
