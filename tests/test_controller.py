@@ -276,3 +276,55 @@ def test_lower_bound_decision_uses_the_spread():
     assert decision_value(3.6, 0.1, 3, "mean", 0.95) == 3.6
     low = decision_value(3.6, 0.1, 3, "lower", 0.95)
     assert math.isclose(low, 3.6 - 2.919986 * 0.1 / math.sqrt(3), rel_tol=1e-6) and low < 3.5
+
+
+class _NeverIterate:
+    def __iter__(self):
+        raise AssertionError("rank 1 must not measure ACM")
+
+
+def _ddp_worker(rank, world, port, results):
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = _Net()
+        start = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+        ddp = nn.parallel.DistributedDataParallel(model)
+        opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
+        probe = _probe() if rank == 0 else _NeverIterate()
+        ctrl = STController(ddp, opt, probe=probe, tau=1e-6, embedding=None)
+        x, y = _probe(seed=3 + rank)  # each rank its own shard
+        decisions = []
+        for _ in range(2):
+            opt.zero_grad()
+            F.cross_entropy(ddp(x), y).backward()
+            opt.step()
+            r = ctrl.end_epoch()
+            decisions.append((r.decision, r.c, r.acm))
+        flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+        results[rank] = {"decisions": decisions, "params": flat, "start": start}
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_rank0_decides_and_every_rank_rolls_back():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_ddp_worker, args=(2, port, results), nprocs=2, join=True)
+        r0, r1 = results[0], results[1]
+    assert r0["decisions"] == r1["decisions"] and [d[0] for d in r0["decisions"]] == ["rollback"] * 2
+    assert torch.equal(r0["params"], r1["params"]) and torch.equal(r0["params"], r0["start"])
