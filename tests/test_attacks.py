@@ -249,27 +249,27 @@ def test_norm_bound_checked_on_load(tmp_path, gray):
 def test_import_raw_perturbation_tensor_and_numpy(tmp_path, rgb):
     g = torch.Generator().manual_seed(0)
     delta = (torch.rand(len(rgb), 3, 12, 12, generator=g) * 2 - 1) * 8 / 255
-    ps = attacks.from_perturbation(delta, rgb, eps=8 / 255)
+    ps = attacks.from_perturbation(delta, rgb, label="theirs", norm="linf", eps=8 / 255)
     assert float(change(ps, rgb).abs().max()) <= 8 / 255 + 1e-6
     torch.save(delta, tmp_path / "d.pt")
     np.save(tmp_path / "d.npy", delta.permute(0, 2, 3, 1).numpy())      # channels-last
     for f in ("d.pt", "d.npy"):
-        other = attacks.import_any(tmp_path / f, rgb, eps=8 / 255)
+        other = attacks.import_any(tmp_path / f, rgb, label="theirs", norm="linf", eps=8 / 255, kind="delta")
         assert torch.equal(other.images, ps.images)
-    with pytest.raises(UserError, match="exceeds eps"):
-        attacks.from_perturbation(delta * 2, rgb, eps=8 / 255)
+    with pytest.raises(UserError, match="the bound"):
+        attacks.from_perturbation(delta * 2, rgb, label="theirs", norm="linf", eps=8 / 255)
     with pytest.raises(UserError, match="expected shape"):
-        attacks.from_perturbation(delta[:, :2], rgb)
+        attacks.from_perturbation(delta[:, :2], rgb, label="theirs", norm="linf", eps=8 / 255)
     bad = delta.clone()
     bad[0, 0, 0, 0] = float("nan")
     with pytest.raises(UserError, match="NaN"):
-        attacks.from_perturbation(bad, rgb)
+        attacks.from_perturbation(bad, rgb, label="theirs", norm="linf", eps=8 / 255)
 
 
 def test_import_partial_with_indices(gray):
     idx = [7, 3, 50]
     delta = torch.full((3, 1, 12, 12), 4 / 255)
-    ps = attacks.from_perturbation(delta, gray, eps=4 / 255, indices=idx)
+    ps = attacks.from_perturbation(delta, gray, label="theirs", norm="linf", eps=4 / 255, indices=idx)
     assert ps.indices.tolist() == [3, 7, 50]
     untouched = torch.ones(len(gray), dtype=torch.bool)
     untouched[idx] = False
@@ -283,11 +283,11 @@ def test_import_png_folder(tmp_path, rgb):
     for i in ps.indices.tolist():
         Image.fromarray(ps.images[i].permute(1, 2, 0).numpy()).save(tmp_path / f"{i}.png")
     (tmp_path / "notes.txt").write_text("ignored")
-    back = attacks.import_any(tmp_path, rgb, attack="ops", norm="l0", eps=1)
+    back = attacks.import_any(tmp_path, rgb, attack="ops", allow_missing=True)
     assert torch.equal(back.images, ps.images) and torch.equal(back.indices, ps.indices)
     Image.fromarray(ps.images[0].permute(1, 2, 0).numpy()).save(tmp_path / f"{len(rgb) + 5}.png")
     with pytest.raises(UserError, match="past the end"):
-        attacks.import_any(tmp_path, rgb)
+        attacks.import_any(tmp_path, rgb, attack="ops", allow_missing=True)
 
 
 # ---------------------------------------------------------------- CLI
@@ -311,8 +311,8 @@ def test_cli_generate_and_import(tmp_path, monkeypatch, gray):
     ps = attacks.load(out, dataset=gray)
     assert ps.meta["params"]["patch_size"] == 4 and len(ps.indices) == 60
     np.save(tmp_path / "d.npy", np.full((len(gray), 1, 12, 12), 2 / 255, dtype=np.float32))
-    assert _cli(["--attack", "mine", "--from", str(tmp_path / "d.npy"), "--out", str(tmp_path / "i.pt"),
-                 "--eps", "2/255"]) == 0
+    assert _cli(["--label", "mine", "--norm", "linf", "--kind", "delta", "--from", str(tmp_path / "d.npy"),
+                 "--out", str(tmp_path / "i.pt"), "--eps", "2/255"]) == 0
     assert attacks.load(tmp_path / "i.pt").meta["attack"] == "mine"
     with pytest.raises(UserError, match="no --steps"):
         _cli(["--attack", "sp", "--out", str(out), "--steps", "3"])

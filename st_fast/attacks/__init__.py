@@ -10,17 +10,10 @@ documents every attack, its defaults and their sources.
 
 from __future__ import annotations
 
-from ..data.poisoned import (
-           from_images,
-           from_perturbation,
-           from_png_folder,
-           import_any,
-           load,
-           save,
-)
+from ..data.poisoned import load, save
 
 # importing the attack modules registers them in ATTACKS
-from . import adversarial, autoregressive, error_min, hypocritical, ops, synthetic  # noqa: F401
+from . import adaptive, adversarial, autoregressive, error_min, hypocritical, ops, synthetic  # noqa: F401
 from .base import (
            ALIASES,
            ATTACKS,
@@ -31,6 +24,7 @@ from .base import (
            resolve,
            select_ratio,
 )
+from .importing import from_images, from_perturbation, from_png_folder, import_any
 
 __all__ = ["generate", "check_params", "load", "save", "PoisonedSet", "ATTACKS", "ALIASES", "AttackOutput", "resolve",
            "select_ratio", "from_perturbation", "from_images", "from_png_folder", "import_any"]

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from . import surrogate as sg
 from .base import AttackOutput, register
+from .cg_eot import Compose
 from .surrogate import Augment, accuracy, batches, build_surrogate, linf_pgd, log, sgd, to_device
 
 EM_DEFAULTS = {"eps": 8 / 255, "step_size": 0.8 / 255, "steps": 20, "train_steps": 10,
@@ -52,7 +53,11 @@ EM_CLASS_DEFAULTS = {**EM_DEFAULTS, "steps": 1, "fit_samples": None}
 
 def _em(ds, gen, device, classwise: bool, *, eps, step_size, steps, train_steps, stop_acc,
         max_rounds, arch, lr, batch_size, grad_clip, random_start, augment, bn_refresh,
-        fit_samples=None, progress=False):
+        fit_samples=None, progress=False, transform=None, surrogate=None):
+    """The EM loop. ``transform`` (the adaptive attacks, st_fast.attacks.adaptive): a
+    differentiable transformation applied after crop/flip wherever EM sees the poisoned data
+    (training steps, BatchNorm refresh, every PGD step); ``surrogate``: an object that owns
+    the surrogate's optimiser and may roll a round back (em-a's ST-trained surrogate)."""
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
     x_all, y_all = to_device(ds, device)
     x, y = x_all, y_all
@@ -60,8 +65,10 @@ def _em(ds, gen, device, classwise: bool, *, eps, step_size, steps, train_steps,
         pick = torch.randperm(len(ds), generator=gen)[: int(fit_samples)].to(device)
         x, y = x_all[pick], y_all[pick]
     model = build_surrogate(ds, arch, device, seed)
-    opt = sgd(model, lr)
+    opt = surrogate.optimizer(model, lr) if surrogate is not None else sgd(model, lr)
     aug = Augment(sg.crop_padding(ds), device, seed) if augment else None
+    if transform is not None:
+        aug = Compose(aug, transform)
     rows = ds.num_classes if classwise else len(ds)
     # the authors' scripts start from zero; random_start: uniform in the eps-ball
     delta = torch.zeros((rows, *x.shape[1:]))
@@ -74,8 +81,12 @@ def _em(ds, gen, device, classwise: bool, *, eps, step_size, steps, train_steps,
 
     rounds, acc = 0, 0.0
     for rounds in range(1, int(max_rounds) + 1):
+        if surrogate is not None:
+            surrogate.before_round(model, opt)
         sg.train_steps(model, opt, x, y, delta_of, int(train_steps), batch_size, gen, augment=aug,
                        grad_clip=grad_clip)
+        if surrogate is not None:
+            surrogate.after_round(model, opt, x, y, delta_of, rounds)
         if bn_refresh:
             sg.refresh_bn(model, x, delta_of, batch_size, aug)
         model.eval()
@@ -93,7 +104,10 @@ def _em(ds, gen, device, classwise: bool, *, eps, step_size, steps, train_steps,
             break
     out = delta[y_all] if classwise else delta
     out = (x_all + out).clamp(0, 1) - x_all
-    return AttackOutput(out.cpu(), {"rounds": rounds, "surrogate_acc": acc, "stopped": acc > stop_acc})
+    info = {"rounds": rounds, "surrogate_acc": acc, "stopped": acc > stop_acc}
+    if surrogate is not None:
+        info["st"] = surrogate.summary()
+    return AttackOutput(out.cpu(), info)
 
 
 def _loss(aug: Augment | None):
@@ -165,12 +179,16 @@ def rem_noise_step(model, xb, yb, delta, augment: Augment, *, eps, step_size, st
           summary="robust error-minimising noise (min-min-max with expectation over transformations)")
 def rem_attack(ds, gen, device, *, eps, step_size, steps, adv_eps, adv_step_size, adv_steps, samples,
                train_steps, perturb_freq, arch, lr, lr_decay_rate, lr_decay_freq, batch_size,
-               progress=False):
+               progress=False, transform=None):
+    """REM; ``transform`` (rem-t): applied after the crop/flip in every T of the EOT and in the
+    surrogate's training batches."""
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
     x, y = to_device(ds, device)
     model = build_surrogate(ds, arch, device, seed)
     opt = sgd(model, lr)
     augment = Augment(sg.crop_padding(ds), device, seed)
+    if transform is not None:
+        augment = Compose(augment, transform)
     delta = torch.zeros_like(x)
     kw = dict(eps=eps, step_size=step_size, steps=steps, adv_eps=adv_eps, adv_step_size=adv_step_size,
               adv_steps=adv_steps, samples=samples)
