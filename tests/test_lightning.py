@@ -22,12 +22,13 @@ from st_fast.integrations.lightning import ACMCallback, STCallback  # noqa: E402
 class _Module(pl.LightningModule):
     def __init__(self):
         super().__init__()
+        # three units (the top-level children): conv, bn, fc
         self.conv = nn.Conv2d(1, 4, 3)
-        self.bn = nn.BatchNorm2d(4)
+        self.bn = nn.Sequential(nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.fc = nn.Linear(4, 3)
 
     def forward(self, x):
-        return self.fc(F.adaptive_avg_pool2d(torch.relu(self.bn(self.conv(x))), 1).flatten(1))
+        return self.fc(self.bn(self.conv(x)))
 
     def training_step(self, batch, _):
         x, y = batch
