@@ -19,7 +19,6 @@ and, for data that do not fit, the first bad index:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..files import load_torch_file
+from ..files import file_sha256, load_torch_file
 from .perturbation import ROUNDING, apply_delta, realised_norms, to_uint8
 from .poisoned import _TOL, FORMAT_VERSION, MAGIC, PoisonedSet, check_bound, first_mismatch
 
@@ -186,14 +185,6 @@ def source_name(source) -> str:
     return "array" if isinstance(source, (torch.Tensor, np.ndarray)) else str(source)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _tensor(value, where: str, what: str) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.detach().cpu()
@@ -224,7 +215,7 @@ def _read(source) -> _Payload:
     except Exception as err:
         raise UserError(f"{p}: cannot read an array from it ({type(err).__name__}: "
                         f"{str(err).splitlines()[0][:200] if str(err) else ''})") from None
-    sha = _sha256(p)
+    sha = file_sha256(p)
     if isinstance(obj, dict):
         if obj.get("magic") == MAGIC:
             raise UserError(f"{p}: an st_fast poisoned-set file; it is loaded as it is, without import options")
