@@ -328,3 +328,35 @@ def test_ddp_rank0_decides_and_every_rank_rolls_back():
         r0, r1 = results[0], results[1]
     assert r0["decisions"] == r1["decisions"] and [d[0] for d in r0["decisions"]] == ["rollback"] * 2
     assert torch.equal(r0["params"], r1["params"]) and torch.equal(r0["params"], r0["start"])
+
+
+def test_sub_epoch_checks_roll_back_to_the_last_accepted_check(monkeypatch):
+    torch.manual_seed(0)
+    model = _Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    ctrl = STController(model, opt, probe=_probe(), tau=1.0, embedding=None)
+    readings = iter([0.5, 2.0, 0.5])  # accept after step 2, reject after step 4, accept at the end
+    monkeypatch.setattr(ctrl, "measure", lambda: _reading(next(readings)))
+    x, y = _probe(seed=4)
+    states = []
+    for step in range(1, 7):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        if step == 2:
+            assert ctrl.check().decision == "accept"
+            states.append({k: v.clone() for k, v in model.state_dict().items()})
+        if step == 4:
+            report = ctrl.check()
+            assert report.decision == "rollback" and report.step == 4 and report.c == 1
+            for k, v in model.state_dict().items():
+                assert torch.equal(v, states[0][k]), k
+    report = ctrl.end_epoch()
+    assert (report.decision, report.step, report.epoch) == ("accept", 6, 1) and ctrl.steps_in_epoch == 0
+    assert [(c["step"], c["accepted"]) for c in ctrl.policy.checks] == [(2, True), (4, False), (6, True)]
+
+
+def _reading(value):
+    from st_fast.monitor import ACMReading
+
+    return ACMReading(value, 0.0, [value], value, 0.0, "-")
