@@ -11,6 +11,9 @@
     train: {epochs: 6, train_subset: 10000, test_subset: 2000, val_size: 20}   # TrainConfig
     st: {tau: 1.75, alpha: 0.25}       # STConfig fields for every ST-family method
     attack_params: {ar: {eps: 1.0}}    # per-attack generate() keyword arguments
+    poison_files:                      # poisons made elsewhere, used like attacks by name
+      sp-authors: {path: data/sp.npy, attack: sp, norm: l2, eps: 0.6588}   # options of
+      em-ours: {path: poisons/em.pt}   # `st-fast poison --from`; 'ratio' (default 1) labels it
     variants:                          # named defences built from others + overrides
       st-retry: {base: st, rollback: retry}
     keep_checkpoints: false            # drop each finished cell's checkpoint.pt
@@ -34,7 +37,7 @@ from ..errors import UserError
 REQUIRED = ("dataset", "attacks", "defences")
 KNOWN = {"name", "dataset", "attacks", "defences", "architectures", "ratios", "seeds", "poison_seed",
          "train", "st", "attack_params", "variants", "data_root", "keep_checkpoints", "select",
-         "report"}
+         "report", "poison_files"}
 
 
 @dataclass
@@ -55,10 +58,19 @@ class BenchConfig:
     keep_checkpoints: bool = False     # finished cells drop checkpoint.pt (results stay small)
     select: dict = field(default_factory=dict)   # name -> defences to choose among by val_acc
     report: dict = field(default_factory=dict)   # summary: [columns], paired: ["A:B", ...]
+    poison_files: dict = field(default_factory=dict)  # name -> {path, import options, ratio}
 
     def cells(self) -> list[Cell]:
-        return [Cell(a, r, arch, d, s) for a, r, arch, d, s in itertools.product(
-            self.attacks, self.ratios, self.architectures, self.defences, self.seeds)]
+        """Every cell; a generated attack has one per ratio, a poison file one (its own ratio),
+        the clean set one (its id has no ratio: cells of the other ratios would be the same)."""
+        cells = []
+        for a in self.attacks:
+            ratios = self.ratios[:1] if a == "clean" else self.ratios
+            if a in self.poison_files:
+                ratios = [float(self.poison_files[a].get("ratio", 1.0))]
+            cells += [Cell(a, r, arch, d, s) for r, arch, d, s in itertools.product(
+                ratios, self.architectures, self.defences, self.seeds)]
+        return cells
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -116,11 +128,12 @@ def validate(cfg: BenchConfig, source: str = "config") -> None:
     from ..data import canonical_dataset
     from ..models import canonical_arch
 
+    validate_poison_files(cfg, source)
     try:  # the aliases load_dataset and build_model accept are accepted here too
         cfg.dataset = canonical_dataset(cfg.dataset)
         cfg.architectures = [canonical_arch(a) for a in cfg.architectures]
         for a in cfg.attacks:
-            if a != "clean":
+            if a != "clean" and a not in cfg.poison_files:
                 resolve_attack(a)
     except UserError as err:
         raise UserError(f"{source}: {err}") from None
@@ -148,7 +161,7 @@ def validate(cfg: BenchConfig, source: str = "config") -> None:
     for d in cfg.defences:  # every cell's configs, built now: a bad value stops the bench before any work
         defence_configs(cfg, d, source=f"{source}: defence {d}")
     for a in cfg.attacks:
-        if a != "clean":
+        if a != "clean" and a not in cfg.poison_files:
             params = cfg.attack_params.get(a, {})
             if not isinstance(params, dict):
                 raise UserError(f"{source}: attack_params.{a} must be a mapping, got {params!r}")
@@ -156,6 +169,36 @@ def validate(cfg: BenchConfig, source: str = "config") -> None:
                 check_params(a, {k: v for k, v in params.items() if k not in ("ratio", "seed", "subset")},
                              ratio=params.get("ratio", r), seed=params.get("seed", cfg.poison_seed),
                              subset=params.get("subset"), source=f"{source}: attack_params.{a}")
+
+
+def validate_poison_files(cfg: BenchConfig, source: str) -> None:
+    """Each entry: a name not taken by an attack, listed in ``attacks``, an existing ``path``
+    (made absolute: cells may run on other machines sharing the disk), a ratio in (0, 1]; the
+    other keys go to ``st_fast.attacks.import_any`` (checked when the file is imported, before
+    any cell trains)."""
+    from ..attacks import ATTACKS
+
+    if not isinstance(cfg.poison_files, dict):
+        raise UserError(f"{source}: 'poison_files' must be a mapping of name -> {{path: ..., options}}")
+    for name, entry in cfg.poison_files.items():
+        where = f"{source}: poison_files.{name}"
+        if name == "clean" or name in ATTACKS:
+            raise UserError(f"{where}: the name is taken by {'the clean set' if name == 'clean' else 'an attack'}; "
+                            f"name the file something else (e.g. {name}-file)")
+        if name not in cfg.attacks:
+            raise UserError(f"{where}: not in 'attacks'; list it there to train on it")
+        if name in cfg.attack_params:
+            raise UserError(f"{where}: attack_params do not apply to a poison file (give import options in its entry)")
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            raise UserError(f"{where}: needs a 'path' (a poisoned-set file, array file or PNG folder) "
+                            f"and optional import options, got {entry!r}")
+        path = Path(entry["path"]).expanduser()
+        if not path.exists():
+            raise UserError(f"{where}: {path}: no such file or folder")
+        ratio = entry.get("ratio", 1.0)
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < float(ratio) <= 1:
+            raise UserError(f"{where}: ratio must be a number in (0, 1], got {ratio!r}")
+        cfg.poison_files[name] = {**entry, "path": str(path.resolve())}
 
 
 def defence_configs(cfg: BenchConfig, name: str, source: str = "config", **fixed):

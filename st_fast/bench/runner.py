@@ -1,55 +1,77 @@
-"""Run a benchmark matrix cell by cell; resumable.
+"""Run a benchmark matrix; resumable. The executor decides where cells run:
+
+* ``serial`` (default, no Ray needed): cells run one after another in this process;
+* ``ray``: every cell and every poison is a Ray task on a local instance or a cluster
+  (``st_fast.bench.ray_executor``).
 
     OUT/bench.yaml                 the config that was run
-    OUT/poisons/<attack>-r<ratio>-s<poison_seed>.pt   each poisoned set, made once
+    OUT/poisons/                   each poisoned set, made or imported once (st_fast.bench.poisons)
     OUT/cells/<cell id>/           a full run directory per cell (history, checks, plots)
     OUT/cells/<cell id>/result.json   written last: its presence marks the cell finished
-                                      (then checkpoint.pt is deleted unless keep_checkpoints)
     OUT/results.jsonl, results.csv, results.md, plots/   rebuilt after every cell
+    OUT/progress.json              cells done / running / failed / left, ETA (st_fast.bench.progress)
 
-A finished cell is skipped; an interrupted one continues from its last atomic checkpoint, which
-must be that cell's own (same config; loaded without running code): anything else is refused.
+A finished cell is skipped; an interrupted one continues from its checkpoint (st_fast.bench.cell).
 
-Several copies of the same command may share one OUT (e.g. one per CPU core with
-OMP_NUM_THREADS=1, or one per GPU): each claims a cell (or a poison it is generating) by
-creating ``<name>.claim`` exclusively, and the others pass over it. A claim whose process
-has died on this host is taken over.
+Serial workers on one OUT: several copies of the same command may share one OUT (e.g. one per
+CPU core with OMP_NUM_THREADS=1): each claims a cell (or a poison it is generating) by creating
+``<name>.claim`` exclusively, and the others pass over it. A claim is a lease: its holder
+refreshes the file's time every HEARTBEAT_S; a claim of this host whose process has exited is
+free at once, and any claim not refreshed for LEASE_S (its host died, or lost the disk) is free,
+measured by the shared disk's clock, not the hosts' own. Machines beyond one are Ray's job
+(docs/bench.md says why the claim files stay only for this).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
-from ..utils import atomic_write_json, atomic_write_text, machine_info
-from .config import BenchConfig, Cell, defence_configs
+from ..errors import UserError
+from ..files import atomic_write_text
+from .cell import CellsFailed, run_cell
+from .config import BenchConfig, Cell
+from .poisons import check_sources, ensure_poison, poison_path
+from .progress import Progress
 
-
-def poison_path(out: Path, cfg: BenchConfig, cell: Cell) -> Path | None:
-    if cell.attack == "clean":
-        return None
-    return out / "poisons" / f"{cell.attack}-r{cell.ratio:g}-s{cfg.poison_seed}.pt"
+EXECUTORS = ("serial", "ray")
+LEASE_S = 300.0       # a claim not refreshed for this long is stale, on any host
+HEARTBEAT_S = 30.0    # how often its holder refreshes it (well inside the lease: NFS caches times)
 
 
 class Claim:
-    """An exclusive, process-owned marker ``<path>.claim``; stale when its owner has exited."""
+    """An exclusive marker ``<path>.claim`` holding "host pid", refreshed while held (a lease)."""
 
-    def __init__(self, target: Path):
+    def __init__(self, target: Path, lease_s: float = LEASE_S, heartbeat_s: float = HEARTBEAT_S):
         self.path = target.with_name(target.name + ".claim")
+        self.lease_s, self.heartbeat_s = lease_s, heartbeat_s
         self.held = False
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    def _disk_now(self) -> float:
+        """The time on the disk that holds the claim (hosts' clocks may disagree with it)."""
+        probe = self.path.with_name(f".clock-{socket.gethostname()}-{os.getpid()}")
+        probe.touch()
+        try:
+            return probe.stat().st_mtime
+        finally:
+            probe.unlink(missing_ok=True)
 
     def owner_alive(self) -> bool:
         try:
             host, pid = self.path.read_text().split()
+            age = self._disk_now() - self.path.stat().st_mtime
         except (OSError, ValueError):
             return False  # vanished or half-written: treat as free
+        if age > self.lease_s:
+            return False  # not refreshed within the lease: its holder is gone, wherever it ran
         if host != socket.gethostname():
-            return True  # another machine's worker on a shared disk: trust it
+            return True
         try:
             os.kill(int(pid), 0)
         except ProcessLookupError:
@@ -71,11 +93,24 @@ class Claim:
             with os.fdopen(fd, "w") as f:
                 f.write(f"{socket.gethostname()} {os.getpid()}\n")
             self.held = True
+            self._stop.clear()
+            self._beat = threading.Thread(target=self._heartbeat, daemon=True, name=f"claim {self.path.name}")
+            self._beat.start()
             return True
         return False
 
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                os.utime(self.path)
+            except OSError:
+                return  # taken over or the disk is gone: nothing left to refresh
+
     def release(self) -> None:
         if self.held:
+            self._stop.set()
+            if self._beat is not None:
+                self._beat.join()
             self.path.unlink(missing_ok=True)
             self.held = False
 
@@ -84,72 +119,18 @@ class Busy(Exception):
     """Another worker holds what this cell needs (its poison); try the cell later."""
 
 
-def ensure_poison(out: Path, cfg: BenchConfig, cell: Cell, device: str) -> Path | None:
+def claimed_poison(out: Path, cfg: BenchConfig, cell: Cell, device: str) -> Path | None:
+    """``ensure_poison`` under a claim, so that serial workers sharing OUT make each poison once."""
     path = poison_path(out, cfg, cell)
     if path is None or path.exists():
         return path
     claim = Claim(path)
     if not claim.acquire():
-        raise Busy(f"{path.name} is being generated by another worker")
+        raise Busy(f"{path.name} is being made by another worker")
     try:
-        if not path.exists():  # made by another worker between our check and the claim
-            _generate_poison(path, cfg, cell, device)
+        return ensure_poison(out, cfg, cell, device)  # made by another worker meanwhile: kept
     finally:
         claim.release()
-    return path
-
-
-def _generate_poison(path: Path, cfg: BenchConfig, cell: Cell, device: str) -> None:
-    from .. import attacks
-    from ..data import load_dataset
-    from ..run import make_poison
-
-    clean = load_dataset(cfg.dataset, "train", root=cfg.data_root)
-    params = dict(cfg.attack_params.get(cell.attack, {}))
-    params.setdefault("ratio", cell.ratio)
-    params.setdefault("seed", cfg.poison_seed)
-    spec = attacks.resolve(cell.attack)
-    if spec.uses_model:
-        params.setdefault("device", device)
-    print(f"[bench] generating {cell.attack} (ratio {cell.ratio:g}) on {clean.describe()} ...", file=sys.stderr)
-    t0 = time.perf_counter()
-    make_poison(cell.attack, clean, **params).save(path)
-    print(f"[bench] {cell.attack} ready in {time.perf_counter() - t0:.0f} s -> {path}", file=sys.stderr)
-
-
-def cell_configs(cfg: BenchConfig, cell: Cell, poison: Path | None, device: str):
-    """The TrainConfig, STConfig and Defence of one cell (variants and defence overrides applied)."""
-    return defence_configs(cfg, cell.defence, source=cell.id, arch=cell.arch, seed=cell.seed,
-                           device=device, poison=str(poison) if poison else None)
-
-
-def run_cell(cfg: BenchConfig, cell: Cell, out: Path, device: str, progress: bool) -> dict:
-    from ..defences import DEFENCES
-    from ..run import train
-
-    poison = ensure_poison(out, cfg, cell, device)
-    tcfg, scfg, defence = cell_configs(cfg, cell, poison, device)
-    run_dir = out / "cells" / cell.id
-    # an interrupted cell continues; a checkpoint that is unreadable, foreign or of a changed
-    # config is refused (one line naming it), never silently deleted or half-loaded
-    r = train(tcfg, scfg, defence=defence.name if defence.name in DEFENCES else None, run_dir=run_dir,
-              resume="auto", writer="bench", progress=progress,
-              run_extra={"cell": cell.defence, "variant": dict(cfg.variants.get(cell.defence, {}))})
-    s, trainer = r.summary, r.trainer
-    result = {**dataclasses.asdict(cell), "cell": cell.id, "dataset": cfg.dataset, "method": scfg.method,
-              "final_test_acc": s["final_test_acc"], "peak_test_acc_oracle": s["peak_test_acc_oracle"],
-              "val_acc": r.val_acc, "val_size": r.val_size,
-              "rollbacks": s["rollbacks"], "stop_reason": s["stop_reason"], "epochs_run": s["epochs_run"],
-              "time_train": s["time_train"], "time_acm": s["time_acm"], "time_eval": s["time_eval"],
-              "wall_s": r.wall_s, "test_acc_curve": [h["test_acc"] for h in r.history],
-              "device": str(trainer.device), "optimizer": trainer.opt.backend,
-              "machine": machine_info(trainer.device),
-              # checks restored from a checkpoint of older code lack the key
-              "acm_impl": sorted({c.get("acm_impl", "-") for c in trainer.checks})}
-    atomic_write_json(run_dir / "result.json", result)
-    if not cfg.keep_checkpoints:  # the cell is finished: its checkpoint is no longer needed
-        (run_dir / "checkpoint.pt").unlink(missing_ok=True)
-    return result
 
 
 def matches(cell_id: str, only: str | list[str] | None) -> bool:
@@ -160,52 +141,90 @@ def matches(cell_id: str, only: str | list[str] | None) -> bool:
     return any(p in cell_id for p in patterns)
 
 
+def finished(out: Path, cell: Cell) -> bool:
+    return (out / "cells" / cell.id / "result.json").exists()
+
+
 def run_bench(cfg: BenchConfig, out: str | Path, device: str = "auto", progress: bool = False,
-              only: str | list[str] | None = None, poll_s: float = 5.0) -> list[dict]:
-    """Run every unfinished, unclaimed cell (or those matching ``only``), then write the reports."""
+              only: str | list[str] | None = None, poll_s: float = 5.0, executor: str = "serial",
+              ray_options=None, quiet: bool = False) -> list[dict]:
+    """Run every unfinished cell (or those matching ``only``) with ``executor``, then write the
+    reports. ``ray_options``: a ``ray_executor.RayOptions`` (executor "ray"). Cells that fail
+    (after their retries, under Ray) raise :class:`CellsFailed` once the others are done."""
     import yaml
 
     from .report import collect_results, write_reports
 
-    out = Path(out)
+    if executor not in EXECUTORS:
+        raise UserError(f"unknown executor {executor!r}; choose one of: {', '.join(EXECUTORS)}")
+    out = Path(out).resolve()   # absolute: workers elsewhere (Ray) see the same path
+    cells = [c for c in cfg.cells() if matches(c.id, only)]
+    files = sorted({c.attack for c in cells if c.attack in cfg.poison_files and not finished(out, c)})
+    check_sources(out, cfg, files)   # a changed poison file is refused before any work
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "bench.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    cells = [c for c in cfg.cells() if matches(c.id, only)]
-    pending = list(range(len(cells)))
+    tracker = Progress(out, [c.id for c in cells], executor, quiet=quiet)
+    for c in cells:
+        if finished(out, c):
+            tracker.skipped(c.id)
+    tracker.write()
+
+    def report() -> None:
+        write_reports(collect_results([out]), out)
+
+    if executor == "ray":
+        from .ray_executor import RayOptions, run_ray
+
+        run_ray(cfg, out, cells, device, ray_options or RayOptions(), tracker, report)
+    else:
+        run_serial(cfg, out, cells, device, progress, poll_s, tracker, report)
+    results = collect_results([out])
+    write_reports(results, out)
+    failures = {c: e for c, e in tracker.errors.items() if tracker.state.get(c) == "failed"}
+    if failures:
+        raise CellsFailed(failures)
+    return results
+
+
+def run_serial(cfg: BenchConfig, out: Path, cells: list[Cell], device: str, progress: bool,
+               poll_s: float, tracker: Progress, report) -> None:
+    """Cells one by one in this process (poison files imported first, so a bad one stops the
+    bench before anything trains); cells claimed by other workers are left to them."""
+    files = {c.attack: c for c in cells if c.attack in cfg.poison_files and not finished(out, c)}
+    for cell in files.values():
+        tracker.poison(cell.attack, "running")
+        try:
+            claimed_poison(out, cfg, cell, device)
+            tracker.poison(cell.attack, "done")
+        except Busy:  # another worker is importing it: its cells wait below
+            pass
+    pending = [c for c in cells if not finished(out, c)]
     while pending:
         waiting_for_poison = []
-        for i in pending:
-            cell = cells[i]
-            tag = f"[bench] {i + 1}/{len(cells)} {cell.id}"
-            done = out / "cells" / cell.id / "result.json"
-            if done.exists():
-                print(f"{tag}: done, skipped", file=sys.stderr)
-                continue
+        for cell in pending:
             claim = Claim(out / "cells" / cell.id)
             if not claim.acquire():
-                print(f"{tag}: claimed by another worker, skipped", file=sys.stderr)
+                print(f"[bench] {cell.id}: claimed by another worker, skipped", file=sys.stderr)
+                tracker.state[cell.id] = "running"   # elsewhere
                 continue
             try:
-                if done.exists():  # finished by another worker just before our claim
+                if finished(out, cell):  # finished by another worker just before our claim
+                    tracker.skipped(cell.id)
                     continue
-                print(f"{tag}: running", file=sys.stderr)
-                r = run_cell(cfg, cell, out, device, progress)
+                poison = claimed_poison(out, cfg, cell, device)
+                print(f"[bench] {cell.id}: running", file=sys.stderr)
+                tracker.running(cell.id, attempt=1)
+                r = run_cell(cfg, cell, out, device, progress, poison)
             except Busy as err:
-                print(f"{tag}: {err}; later", file=sys.stderr)
-                waiting_for_poison.append(i)
+                print(f"[bench] {cell.id}: {err}; later", file=sys.stderr)
+                waiting_for_poison.append(cell)
                 continue
             finally:
                 claim.release()
             print(f"[bench] {cell.id}: final {r['final_test_acc']:.4f} peak {r['peak_test_acc_oracle']:.4f} "
                   f"({r['wall_s']:.0f} s)", file=sys.stderr)
-            write_reports(collect_results([out]), out)
+            tracker.finished(cell.id, r["wall_s"])
+            report()
         pending = waiting_for_poison
         if pending:
             time.sleep(poll_s)
-    results = collect_results([out])
-    write_reports(results, out)
-    return results
-
-
-def load_results_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
