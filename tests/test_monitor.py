@@ -113,3 +113,13 @@ def test_lower_bound_needs_repeats_and_probe_errors():
         st_fast.ACMMonitor(model, (torch.zeros(3, 1, 8, 8), torch.zeros(2)))
     with pytest.raises(UserError, match="no nn.Linear"):
         st_fast.ACMMonitor(nn.Sequential(nn.Conv2d(1, 2, 3)), _probe())
+
+
+def test_tensorboard_events_when_it_imports(tmp_path):
+    pytest.importorskip("torch.utils.tensorboard", exc_type=ImportError)
+    mon = st_fast.ACMMonitor(_Net(), _probe(), embedding=None, log_to=tmp_path)
+    mon.step()
+    mon.writer.flush()
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    off = st_fast.ACMMonitor(_Net(), _probe(), embedding=None, log_to=tmp_path / "b", tensorboard=False)
+    assert off.writer is None
