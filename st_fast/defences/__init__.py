@@ -3,6 +3,6 @@
 from .base import DEFENCES, Defence, register, resolve
 
 # Importing these registers AT, ISS, the UEraser-style defence and the ablations.
-from . import ablations, at, early_stop, iss, ortho_proj, ueraser  # noqa: E402, F401  (isort: skip)
+from . import ablations, at, dvae, early_stop, iss, ortho_proj, ueraser  # noqa: E402, F401  (isort: skip)
 
 __all__ = ["DEFENCES", "Defence", "register", "resolve"]
