@@ -261,6 +261,9 @@ class STController:
         scales = self.multipliers
         self._applied = []
         for group in optimizer.param_groups:
+            if "st_unit" not in group:
+                raise UserError("a param group was added after STController split the optimizer; "
+                                "add every group before creating the controller")
             scheduled = group["lr"]
             group["lr"] = scheduled * scales[group["st_unit"]]
             self._applied.append((scheduled, group["lr"]))
