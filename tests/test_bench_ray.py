@@ -167,3 +167,20 @@ def test_progress_counts_and_eta(tmp_path, capsys):
     assert snap["failed_cells"] == {"d": "UserError: bad"} and snap["retried_cells"] == {"c": 2}
     assert snap["left"] == 1 and snap["eta_s"] == 10.0
     assert "3/5 done, 0 running, 1 failed, 1 left; ETA 10 s" in capsys.readouterr().err
+
+
+def test_ray_imports_a_poison_file_and_trains_on_it_as_serial_did(matrix):
+    import hashlib
+
+    ray = pytest.importorskip("ray")
+    assert ray.is_initialized()
+    made = matrix["tmp"] / "serial" / "poisons" / "sp-r1-s0.pt"   # the serial run's own SP poison
+    raw = _raw(matrix["cfg"].data_root, attacks=["sp-file"], ratios=[1.0], defences=["nt"],
+               poison_files={"sp-file": {"path": str(made)}})
+    [r] = run_bench(parse_config(raw), matrix["tmp"] / "file", device="cpu", executor="ray", quiet=True,
+                    ray_options=matrix["options"])
+    assert r["poison_sha256"] == hashlib.sha256(made.read_bytes()).hexdigest()
+    serial = _by_cell(matrix["serial"])[VICTIM]
+    renamed = {"attack", "cell", "poison_file", "poison_sha256"}
+    assert {k: v for k, v in _by_cell([r])[r["cell"]].items() if k not in renamed} == \
+           {k: v for k, v in serial.items() if k not in renamed}
