@@ -15,6 +15,7 @@ import torch
 from st_fast.bench import parse_config, run_bench
 from st_fast.bench.cell import CellsFailed
 from st_fast.cli import main
+from st_fast.errors import UserError
 
 VOLATILE = {"wall_s", "time_train", "time_acm", "time_eval", "machine"}   # when and where, not what
 VICTIM = "sp-r1-small-resnet-nt-s0"
@@ -184,3 +185,49 @@ def test_ray_imports_a_poison_file_and_trains_on_it_as_serial_did(matrix):
     renamed = {"attack", "cell", "poison_file", "poison_sha256"}
     assert {k: v for k, v in _by_cell([r])[r["cell"]].items() if k not in renamed} == \
            {k: v for k, v in serial.items() if k not in renamed}
+
+
+class _FakeRay:
+    """Just enough of ray for the driver: every task fails with ``error`` (a worker that keeps dying)."""
+
+    def __init__(self, error):
+        self.error, self.submitted = error, []
+
+    def cluster_resources(self):
+        return {"CPU": 2.0}
+
+    def remote(self, fn):
+        fake = self
+
+        class Task:
+            def options(self, **kw):
+                assert kw["max_retries"] == 0   # retries are the driver's, counted alike
+                return self
+
+            def remote(self, *args):
+                fake.submitted.append((fn.__name__, args[-1]))
+                return len(fake.submitted)
+        return Task()
+
+    def wait(self, refs, num_returns, timeout):
+        return refs[:1], refs[1:]
+
+    def get(self, ref):
+        raise self.error
+
+
+def test_a_task_that_keeps_failing_is_retried_then_reported(tiny_fashion, tmp_path, capsys):
+    from st_fast.bench.progress import Progress
+    from st_fast.bench.ray_executor import RayOptions, _Driver
+
+    cfg = parse_config(_raw(tiny_fashion, attacks=["clean"], ratios=[1.0], defences=["nt"]))
+    [cell] = cfg.cells()
+    tracker = Progress(tmp_path, [cell.id], "ray", quiet=True)
+    fake = _FakeRay(RuntimeError("The worker died unexpectedly"))
+    _Driver(fake, cfg, tmp_path, "cpu", RayOptions(max_retries=2), tracker, lambda: None).run([cell])
+    assert [attempt for _, attempt in fake.submitted] == [1, 2, 3]   # the first try and 2 retries
+    assert tracker.state[cell.id] == "failed"
+    assert tracker.errors[cell.id] == "after 3 attempt(s): RuntimeError: The worker died unexpectedly"
+    fake = _FakeRay(UserError("checkpoint.pt: not this cell's"))   # would fail the same way: no retry
+    _Driver(fake, cfg, tmp_path, "cpu", RayOptions(max_retries=2), tracker, lambda: None).run([cell])
+    assert len(fake.submitted) == 1 and "after 1 attempt(s): UserError" in tracker.errors[cell.id]
