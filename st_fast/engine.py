@@ -315,10 +315,15 @@ class Trainer:
         return copy.deepcopy(self.state_dict())
 
     def _restore(self, snap: dict) -> None:
-        """Roll back to a snapshot; the counters that record the rollback itself survive."""
+        """Roll back to a snapshot; the counters that record the rollback itself survive.
+
+        From a copy: optimizer.load_state_dict keeps the tensors it is given as its momentum
+        buffers, so restoring the snapshot itself would let the next steps write into it and a
+        second rollback to the same snapshot (consecutive triggers, retry) would not return to
+        the accepted state. Before 2026-12-01 (commit 61ca44f and earlier) it did exactly that."""
         p = self.policy
         keep = (p.c, p.rollbacks, p.acm_first, p.checks, self.history)
-        self.load_state_dict(snap)
+        self.load_state_dict(copy.deepcopy(snap))
         p.c, p.rollbacks, p.acm_first, p.checks, self.history = keep
 
     @property

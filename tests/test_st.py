@@ -176,3 +176,16 @@ def test_real_acm_is_measured_and_logged(tmp_path):
     assert (tmp_path / "checks.csv").exists() and (tmp_path / "summary.json").exists()
     # each check says how ACM embedded: "exact/cpp-avx2", "exact/torch", ..., "pca", "none"
     assert t.checks and all(c["acm_impl"] == "none" for c in t.checks)  # make(): no embedding
+
+
+def test_a_snapshot_survives_being_restored_and_trained_on():
+    """Two rollbacks to one snapshot both return to the accepted state (momentum included)."""
+    t = make("nt", cfg=CFG)        # no trigger: the first epoch's momentum is in the snapshot
+    t.fit(stop_after=1)
+    snap = t.snapshot()
+    before = [v.clone() for v in snap["optimizer"]["state"].values() for v in v.values()
+              if isinstance(v, torch.Tensor)]
+    t._restore(snap)
+    t.train_epoch(1, 0.05, t.multipliers())       # steps after the rollback
+    after = [v for v in snap["optimizer"]["state"].values() for v in v.values() if isinstance(v, torch.Tensor)]
+    assert before and all(torch.equal(a, b) for a, b in zip(before, after))
