@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "train": ("st_fast.run", "train"),
     "make_poison": ("st_fast.run", "make_poison"),
+    "detect": ("st_fast.detect", "detect"),
     "RunResult": ("st_fast.run", "RunResult"),
     "TrainConfig": ("st_fast.config", "TrainConfig"),
     "STConfig": ("st_fast.config", "STConfig"),

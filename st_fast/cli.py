@@ -45,7 +45,7 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 # Order here is the order in `st-fast --help`.
-COMMANDS = ("demo", "train", "tune", "poison", "acm", "bench", "report", "doctor")
+COMMANDS = ("demo", "train", "tune", "poison", "detect", "acm", "bench", "report", "doctor")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,330 @@
+"""``st_fast.detect``: is a training set unlearnable (availability-poisoned), before training on it?
+
+    d = st_fast.detect(train_set)        # an ImageDataset or a PoisonedSet
+    d.verdict, d.score, d.threshold      # "poisoned" / "clean"; poisoned when score > threshold
+    d.evidence                           # what the score is made of (below)
+    d.per_class, d.per_sample            # scores per class and per image (for partly poisoned sets)
+
+Why it works: an availability poison is a shortcut, a pattern a model fits much faster than the
+images' content. So the detector measures how fast two small probes fit the data, a linear model
+on the pixels and a small convolutional network (trained by the engine, st_fast.engine.Trainer),
+against how fast they fit *a reference copy of the same images whose small perturbations are
+destroyed* (3x3 median filter, then 8 grey levels per channel): clean data of exactly that size,
+shape and content, derived from the data itself, so no stored calibration per dataset is needed
+and an unknown dataset is handled the same way. Poisons that the reference transform does not
+destroy are missed by construction (docs/detect.md lists which).
+
+- fit speed: the probe's training accuracy averaged over its epochs (the area under its
+  learning curve), on a class-balanced subsample; the gap raw - reference is in accuracy points.
+- early-epoch ACM (st_fast.acm, t-SNE) of the network's features after its first epoch, raw and
+  reference, 100 images per class: a shortcut clusters the classes early (reported as evidence).
+- score: the larger of the two probes' gaps. The threshold was set on clean data only (seeded
+  subsets of clean Fashion-MNIST and scikit-learn's digits; docs/detect.md gives the figures).
+- per-class score: the same gap on each class's images. Per-sample score: how much easier the
+  probes find the raw image than its reference (cross-entropy of the reference probes on the
+  reference image minus that of the raw probes on the raw image, summed over both probes), for
+  every image of the set (the probes see only the subsample; the rest are held out).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import UserError
+
+# Set on clean data only (docs/detect.md): the largest score over 5 seeded 2,000-image subsets of
+# clean Fashion-MNIST (2.26-2.68) and 4 seeded 1,000-image subsets of scikit-learn's digits
+# (-0.18-0.10) was 2.68 points; the threshold leaves 1.3 points above it.
+THRESHOLD = 4.0
+MEDIAN_MIN_SIZE = 16
+DEFAULTS = {"subsample": 2000, "linear_epochs": 4, "network_epochs": 2, "acm_per_class": 100,
+            "levels": 8, "seed": 0}
+
+
+@dataclass
+class Detection:
+    """What ``detect`` found. Scores are accuracy points (0..100) of fit speed over the reference."""
+
+    verdict: str                      # "poisoned" or "clean"
+    score: float
+    threshold: float
+    evidence: dict                    # per probe: raw and reference fit speed, gap; ACM raw/reference
+    per_class: dict[str, float]       # class name -> score
+    per_sample: torch.Tensor          # (N,) float: higher = more likely poisoned
+    subsample: torch.Tensor           # indices the probes trained on
+    seconds: float
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def poisoned(self) -> bool:
+        return self.verdict == "poisoned"
+
+    def to_dict(self, per_sample: bool = False) -> dict:
+        """Plain JSON values; ``per_sample``: include the (N,) scores as a list."""
+        out = {"verdict": self.verdict, "score": self.score, "threshold": self.threshold,
+               "evidence": self.evidence, "per_class": self.per_class,
+               "per_sample_summary": _summary(self.per_sample), "images": len(self.per_sample),
+               "subsample": len(self.subsample), "seconds": self.seconds, "settings": self.settings}
+        if per_sample:
+            out["per_sample"] = [round(float(v), 5) for v in self.per_sample]
+        return out
+
+
+def _summary(x: torch.Tensor) -> dict:
+    q = torch.quantile(x.double(), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64))
+    return {"p10": float(q[0]), "median": float(q[1]), "p90": float(q[2])}
+
+
+# ---------------------------------------------------------------------------- the reference copy
+
+
+def destroy_small_perturbations(images: torch.Tensor, levels: int = DEFAULTS["levels"],
+                                chunk: int = 4096) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> the same images with small perturbations destroyed: a 3x3 median
+    filter per channel (removes isolated pixels such as OPS and high-frequency noise such as AR)
+    and ``levels`` grey levels (removes low-amplitude offsets where they do not cross a level)."""
+    step = 255.0 / (levels - 1)
+    # on images under MEDIAN_MIN_SIZE px a 3x3 window is a large part of the object: the median
+    # would destroy the content too (sklearn's digits, 8x8: a clean false alarm), so only quantise
+    median = min(images.shape[-2:]) >= MEDIAN_MIN_SIZE
+    out = torch.empty_like(images)
+    for i in range(0, len(images), chunk):   # the 3x3 windows of all images at once would be 9x the set
+        x = images[i:i + chunk].float()
+        if median:
+            windows = F.pad(x, (1, 1, 1, 1), mode="replicate").unfold(2, 3, 1).unfold(3, 3, 1)
+            x = windows.reshape(*windows.shape[:4], 9).median(-1).values
+        out[i:i + chunk] = (x / step).round().mul(step).round().clamp(0, 255).to(torch.uint8)
+    return out
+
+
+# ---------------------------------------------------------------------------- the probes
+
+
+def _standardise(images: torch.Tensor, ref: torch.Tensor | None = None):
+    """Flattened pixels in [0, 1], centred and scaled by statistics of ``ref`` (default: themselves).
+    The + 0.05 keeps near-constant pixels (a background) from being blown up."""
+    x = images.flatten(1).float() / 255
+    r = x if ref is None else ref.flatten(1).float() / 255
+    mean, std = r.mean(0), r.std(0) + 0.05
+    return (x - mean) / std, (mean, std)
+
+
+class LinearProbe:
+    """Multinomial logistic regression on standardised pixels, minibatch SGD with momentum."""
+
+    def __init__(self, images, labels, num_classes, epochs, seed, batch_size=128, lr=0.05):
+        x, self.norm = _standardise(images)
+        g = torch.Generator().manual_seed(seed)
+        self.w = torch.zeros(x.shape[1], num_classes, requires_grad=True)
+        self.b = torch.zeros(num_classes, requires_grad=True)
+        opt = torch.optim.SGD([self.w, self.b], lr=lr, momentum=0.9)
+        self.curve, self.class_curve = [], []
+        for _ in range(epochs):
+            correct = torch.zeros(len(x), dtype=torch.bool)
+            perm = torch.randperm(len(x), generator=g)
+            for i in range(0, len(x), batch_size):
+                j = perm[i:i + batch_size]
+                out = x[j] @ self.w + self.b
+                loss = F.cross_entropy(out, labels[j])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                correct[j] = out.detach().argmax(1) == labels[j]
+            self.curve.append(float(correct.float().mean()))
+            self.class_curve.append(_per_class(correct, labels, num_classes))
+
+    @torch.no_grad()
+    def losses(self, images, labels) -> torch.Tensor:
+        x = (images.flatten(1).float() / 255 - self.norm[0]) / self.norm[1]
+        return F.cross_entropy(x @ self.w + self.b, labels, reduction="none")
+
+
+def _per_class(correct: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    hits = torch.bincount(labels, weights=correct.double(), minlength=k)
+    return hits / torch.bincount(labels, minlength=k).clamp_min(1)
+
+
+def small_network(channels: int, num_classes: int, mean, std):
+    """Two conv-BN-ReLU-pool units and a linear head (~25k parameters): fits in seconds on a CPU."""
+    from .models import Head, UnitNet
+    from .models.base import conv_bn_relu
+
+    stem = nn.Sequential(conv_bn_relu(channels, 16), nn.MaxPool2d(2))
+    body = [nn.Sequential(conv_bn_relu(16, 32), nn.MaxPool2d(2))]
+    return UnitNet(stem, body, Head(32, num_classes), mean=mean, std=std)
+
+
+class NetworkProbe:
+    """The small network trained by the engine (NT, no crop/flip: fit speed is the question),
+    its features after the first epoch kept for ACM."""
+
+    def __init__(self, ds, epochs, seed, device, acm_idx):
+        from .config import TrainConfig
+        from .engine import Trainer
+
+        cfg = TrainConfig(dataset=ds.name, epochs=epochs, batch_size=64, lr=0.05, seed=seed, device=str(device),
+                          crop_padding=0, flip=False, optimizer="torch", amp="off")
+        model = small_network(ds.channels, ds.num_classes, ds.mean, ds.std)
+        self.trainer = trainer = Trainer(cfg, None, ds, None, run_dir=None, progress=False, model=model)
+        k = ds.num_classes
+        self.curve, self.class_curve, self.early_features = [], [], None
+        for epoch in range(epochs):
+            correct = self._epoch(trainer, epoch, k)
+            self.curve.append(float(correct.float().mean()))
+            self.class_curve.append(_per_class(correct, ds.labels, k))
+            if epoch == 0:
+                self.early_features = trainer.features(ds.images[acm_idx])
+
+    @staticmethod
+    def _epoch(trainer, epoch: int, k: int) -> torch.Tensor:
+        """One engine epoch; which images its steps got right (the meter keeps only totals, so
+        the per-class fit is read from a pass in eval mode right after the epoch)."""
+        trainer.train_epoch(epoch, trainer.lr_for_epoch(epoch), [1.0] * trainer.num_units)
+        ds = trainer.train_set
+        return trainer_losses(trainer, ds.images, ds.labels, want="correct")
+
+    def losses(self, images, labels) -> torch.Tensor:
+        return trainer_losses(self.trainer, images, labels)
+
+
+@torch.no_grad()
+def trainer_losses(trainer, images, labels, want: str = "loss", batch_size: int = 1024) -> torch.Tensor:
+    trainer.model.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        logits = trainer.model(trainer._inference_input(images[i:i + batch_size])).float().cpu()
+        y = labels[i:i + batch_size]
+        out.append(logits.argmax(1) == y if want == "correct" else F.cross_entropy(logits, y, reduction="none"))
+    return torch.cat(out)
+
+
+# ---------------------------------------------------------------------------- detect
+
+
+def _as_dataset(train_set):
+    """An ImageDataset with labels 0..K-1 (PoisonedSet and ImageDataset accepted); checked."""
+    from .data import ImageDataset, PoisonedSet
+
+    if isinstance(train_set, PoisonedSet):
+        images, labels, name = train_set.images, train_set.labels, str(train_set.meta.get("dataset", "poisoned-set"))
+        subset = train_set.meta.get("subset")
+        if subset is not None:   # a poison made for a subset: what a run trains on is that subset
+            idx = torch.as_tensor(subset, dtype=torch.long)
+            images, labels = images[idx], labels[idx]
+        classes = None
+    elif isinstance(train_set, ImageDataset):
+        images, labels, name, classes = train_set.images, train_set.labels, train_set.name, list(train_set.classes)
+    else:
+        raise UserError(f"detect needs an ImageDataset or a PoisonedSet, got {type(train_set).__name__}")
+    if len(images) == 0:
+        raise UserError(f"{name}: the training set is empty; nothing to detect")
+    present = torch.unique(labels)
+    if len(present) < 2:
+        raise UserError(f"{name}: every image has label {int(present[0])}; detection compares how "
+                        "fast classes are told apart, so it needs at least 2 classes")
+    counts = torch.bincount(labels)[present]
+    if int(counts.min()) < 2:
+        raise UserError(f"{name}: class {int(present[counts.argmin()])} has {int(counts.min())} image; "
+                        "detection needs at least 2 images of every class")
+    remap = torch.full((int(present.max()) + 1,), -1, dtype=torch.long)
+    remap[present] = torch.arange(len(present))
+    names = [classes[int(c)] if classes and int(c) < len(classes) else str(int(c)) for c in present]
+    x = images.float() / 255
+    mean = tuple(float(v) for v in x.mean((0, 2, 3)))
+    std = tuple(max(float(v), 1e-3) for v in x.std((0, 2, 3)))
+    return ImageDataset(images, remap[labels], names, mean, std, name=name)
+
+
+def _balanced_subsample(labels: torch.Tensor, k: int, size: int, gen: torch.Generator) -> torch.Tensor:
+    """About ``size`` indices, an equal share per class (all of a class that has fewer)."""
+    per_class = max(1, size // k)
+    out = []
+    for c in range(k):
+        idx = torch.nonzero(labels == c).flatten()
+        out.append(idx[torch.randperm(len(idx), generator=gen)[:per_class]])
+    return torch.cat(out).sort().values
+
+
+def _acm(features: torch.Tensor, labels: torch.Tensor, seed: int) -> float:
+    from .cluster import acm
+
+    return float(acm(features, labels, embedding="tsne", seed=seed))
+
+
+def _fit_speed(curves) -> float:
+    """Area under a learning curve, in accuracy points."""
+    return 100.0 * sum(curves) / len(curves)
+
+
+def detect(train_set, *, subsample: int = DEFAULTS["subsample"], linear_epochs: int = DEFAULTS["linear_epochs"],
+           network_epochs: int = DEFAULTS["network_epochs"], acm_per_class: int = DEFAULTS["acm_per_class"],
+           levels: int = DEFAULTS["levels"], threshold: float = THRESHOLD, seed: int = DEFAULTS["seed"],
+           device: str = "cpu", acm: bool = True) -> Detection:
+    """Tell whether ``train_set`` (an ImageDataset or a PoisonedSet) is availability-poisoned.
+
+    subsample: images (class-balanced, seeded) the probes train on; the per-sample scores cover
+    every image. acm: also measure the early-epoch ACM (a t-SNE per copy: about a second each).
+    Raises UserError on an empty set, a single class, or a class with fewer than 2 images.
+    """
+    from .utils import resolve_device
+
+    for name, value, low in (("subsample", subsample, 20), ("linear_epochs", linear_epochs, 1),
+                             ("network_epochs", network_epochs, 1), ("levels", levels, 2), ("acm_per_class", acm_per_class, 2)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise UserError(f"detect: {name} must be an integer >= {low}, got {value!r}")
+    if not (isinstance(threshold, int | float) and math.isfinite(threshold)):
+        raise UserError(f"detect: threshold must be a finite number, got {threshold!r}")
+    t0 = time.perf_counter()
+    ds = _as_dataset(train_set)
+    dev = resolve_device(device)
+    k = ds.num_classes
+    gen = torch.Generator().manual_seed(seed)
+    idx = _balanced_subsample(ds.labels, k, subsample, gen)
+    raw = ds.subset(idx)
+    ref = raw.with_images(destroy_small_perturbations(raw.images, levels))
+    acm_idx = _balanced_subsample(raw.labels, k, acm_per_class * k, gen)
+    probes = {}
+    for copy_name, part in (("raw", raw), ("reference", ref)):
+        probes[copy_name] = {"linear": LinearProbe(part.images, part.labels, k, linear_epochs, seed),
+                             "network": NetworkProbe(part, network_epochs, seed, dev, acm_idx)}
+    evidence, class_gaps = {}, []
+    for probe in ("linear", "network"):
+        r, c = probes["raw"][probe], probes["reference"][probe]
+        evidence[probe] = {"raw_fit": _fit_speed(r.curve), "reference_fit": _fit_speed(c.curve),
+                           "gap": _fit_speed(r.curve) - _fit_speed(c.curve),
+                           "raw_curve": [round(v, 4) for v in r.curve],
+                           "reference_curve": [round(v, 4) for v in c.curve]}
+        class_gaps.append(100.0 * (torch.stack(r.class_curve).mean(0) - torch.stack(c.class_curve).mean(0)))
+    if acm:
+        labels = raw.labels[acm_idx]
+        a_raw = _acm(probes["raw"]["network"].early_features, labels, seed)
+        a_ref = _acm(probes["reference"]["network"].early_features, labels, seed)
+        evidence["acm_epoch1"] = {"raw": a_raw, "reference": a_ref, "ratio": a_raw / a_ref}
+    score = evidence["linear"]["gap"]
+    per_class_scores = class_gaps[0]
+    per_sample = _per_sample(ds, probes, levels)
+    return Detection(
+        verdict="poisoned" if score > threshold else "clean", score=score, threshold=float(threshold),
+        evidence=evidence, per_class={n: float(v) for n, v in zip(ds.classes, per_class_scores)},
+        per_sample=per_sample, subsample=idx, seconds=time.perf_counter() - t0,
+        settings={"subsample": len(idx), "linear_epochs": linear_epochs, "network_epochs": network_epochs,
+                  "acm_per_class": acm_per_class, "levels": levels, "seed": seed, "device": str(dev),
+                  "reference": (f"3x3 median + {levels} grey levels" if min(ds.image_size) >= MEDIAN_MIN_SIZE
+                                else f"{levels} grey levels (images under {MEDIAN_MIN_SIZE} px: no median)")})
+
+
+def _per_sample(ds, probes, levels: int, chunk: int = 8192) -> torch.Tensor:
+    """For every image: CE(reference linear probe, reference image) - CE(raw linear probe, raw
+    image). Chunked so a 60,000-image set never holds its float copies at once."""
+    out = []
+    for i in range(0, len(ds), chunk):
+        x, y = ds.images[i:i + chunk], ds.labels[i:i + chunk]
+        xr = destroy_small_perturbations(x, levels)
+        out.append(probes["reference"]["linear"].losses(xr, y) - probes["raw"]["linear"].losses(x, y))
+    return torch.cat(out)
