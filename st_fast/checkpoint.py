@@ -25,21 +25,26 @@ NOT_RESULT_FIELDS = ("device", "data_root", "download", "poison")
 def peek_checkpoint(run_dir: Path, writer: str) -> dict | None:
     """The run record of ``run_dir``'s checkpoint (None if there is none), refusing, before any
     work, a file that is not a current st_fast checkpoint or was written by another command."""
+    path = Path(run_dir) / CHECKPOINT
+    return read_checkpoint(path, writer)["run"] if path.exists() else None
+
+
+def read_checkpoint(path: Path, writer: str, map_location="cpu") -> dict:
+    """The checkpoint at ``path``, loaded without running code, refused unless it is a current
+    st_fast checkpoint written by ``writer``."""
     from .files import load_torch_file
 
-    path = Path(run_dir) / CHECKPOINT
-    if not path.exists():
-        return None
-    sd = load_torch_file(path, "st_fast checkpoint", hint="delete it to start over, or use another --out")
+    sd = load_torch_file(path, "st_fast checkpoint", map_location=map_location,
+                         hint="delete it to start over, or use another --out")
     if not isinstance(sd, dict) or sd.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path}: not an st_fast checkpoint of format {CHECKPOINT_FORMAT} (an older "
                         "version's checkpoint records too little of its run to be resumed safely); "
                         "delete it to start over, or use another --out")
-    record = sd.get("run", {})
+    record = sd.setdefault("run", {})
     if record.get("writer") != writer:
         raise UserError(f"{path} belongs to another run (writer {record.get('writer')!r} -> {writer!r}: "
                         f"written by another command); use another --out")
-    return record
+    return sd
 
 
 def _flat(record: dict, prefix: str = "") -> dict:

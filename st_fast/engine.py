@@ -39,7 +39,7 @@ from .checkpoint import (
     CHECKPOINT_FORMAT,
     NOT_RESULT_FIELDS,
     check_same_run,
-    peek_checkpoint,
+    read_checkpoint,
 )
 from .config import STConfig, TrainConfig
 from .data import DeviceLoader, ImageDataset
@@ -64,7 +64,7 @@ class Trainer:
         self.policy = StagedPolicy(self.st)
         self.method = self.st.method
         # the method's CG (nt-cg, st-full, ...) is part of the recorded config, not hidden
-        self.cfg = dataclasses.replace(cfg, cg=cfg.cg or self.st.spec.cg).validate()
+        self.cfg = dataclasses.replace(cfg, cg=cfg.cg or self.st.spec.cg)   # replace() re-validates
         cfg = self.cfg
         # who writes the run directory ("train", "demo", "tune", "bench", "api") and what else
         # defines the run (a defence); both are checked on resume
@@ -341,16 +341,15 @@ class Trainer:
         The checkpoint must be this run's: every setting that changes the result must match
         (else one line lists each differing field, old -> new). ``require``: a missing
         checkpoint is an error too. Nothing in the file can run code (weights_only)."""
-        from .files import load_torch_file
-
         path = self.run_dir / CHECKPOINT if self.run_dir else None
         if path is None or not path.exists():
             if require:
                 raise UserError(f"{path or 'no run directory'}: no checkpoint to resume; "
                                 "drop --resume to start a new run")
             return False
-        check_same_run(path, peek_checkpoint(self.run_dir, self.writer), self.run_record())
-        self.load_state_dict(load_torch_file(path, "st_fast checkpoint", map_location=self.device))
+        sd = read_checkpoint(path, self.writer, map_location=self.device)   # one read of the file
+        check_same_run(path, sd["run"], self.run_record())
+        self.load_state_dict(sd)
         return True
 
     # ------------------------------------------------------------------ the loop

@@ -3,7 +3,7 @@
 * :func:`load_torch_file` reads torch files with ``weights_only=True`` (tensors and plain
   containers only; a pickle that would build other objects is refused, never run) and turns
   every failure into one line naming the file and what it is, never torch's advice to retry
-  with ``weights_only=False``.
+  the unsafe way.
 * :func:`restricted_unpickle` reads the official CIFAR python batches (a pickle format)
   allowing only the numpy and builtin names such a batch contains.
 * ``atomic_*`` write to a temporary file beside the target and rename it over the target;

@@ -80,7 +80,7 @@ class StagedPolicy:
         return None
 
     def exhausted(self, num_units: int) -> bool:
-        return self.rollbacks >= self.st.max_rollbacks or not any(self.multipliers(num_units))
+        return self.end_reason(num_units) is not None
 
     def end_reason(self, num_units: int) -> str | None:
         """Why step 1 cannot go on, if it cannot (staged policy only)."""

@@ -24,6 +24,7 @@ from .config import STConfig, TrainConfig
 from .data import prepare_data
 from .engine import Trainer
 from .errors import UserError
+from .files import check_writable
 
 RESUME_MODES = ("never", "auto", "require")
 
@@ -113,6 +114,8 @@ def train(config: TrainConfig, st: STConfig | None = None, *, defence: str | Non
         raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     if resume == "require" and not has_checkpoint:
         raise UserError(f"{run_dir}: no checkpoint to resume; drop --resume to start a new run there")
+    if run_dir is not None:   # before the data, the defence and the model: not after an epoch
+        check_writable(run_dir, "run directory")
     extra = dict(run_extra or {})
     the_defence = None
     if defence not in (None, "none"):

@@ -51,18 +51,13 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import UserError
-    from ..files import check_writable
     from ..run import train
 
     cfg = config_from_args(args)
     st = config_from_args(args, STConfig)
     out = Path(args.out or f"runs/{args.method}-{cfg.dataset}-{cfg.arch}-s{cfg.seed}")
-    if (out / "checkpoint.pt").exists() and not args.resume:
-        raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    if args.resume and not (out / "checkpoint.pt").exists():
-        raise UserError(f"{out}: no checkpoint to resume; drop --resume to start a new run there")
-    check_writable(out, "run directory")
+    # train() refuses an existing run without --resume, a --resume without a checkpoint and an
+    # unwritable --out, each before any work
     result = train(cfg, st, defence=args.defence, run_dir=out, resume="require" if args.resume else "never",
                    writer="train", progress=args.progress, profile_steps=args.profile)
     label = args.method + (f" + {args.defence}" if args.defence not in (None, "none") else "")
