@@ -89,6 +89,20 @@ class Stopwatch:
             torch.cuda.synchronize(self.device)
 
 
+def _widest_capability(isa: list[str]) -> str:
+    return "AVX512" if "avx512f" in isa else "AVX2" if "avx2" in isa else "DEFAULT"
+
+
+def effective_isa(machine: dict) -> list[str]:
+    """The instruction sets a result's kernels could use: the CPU's (``machine_info``), less
+    what an ISA limit in force excluded (both torch's and oneDNN's must be limited to count)."""
+    isa = list(machine.get("cpu_isa") or [])
+    limit = machine.get("kernel_isa")
+    if limit and limit.get("aten") == "AVX2" and str(limit.get("dnnl") or "").upper().startswith("AVX2"):
+        isa = [f for f in isa if f in ("avx2", "fma")]
+    return isa
+
+
 def machine_info(device: torch.device | None = None) -> dict:
     """What a result was computed on. CPU training is bit-reproducible on one machine type but
     not across CPU types (different SIMD kernels round differently), so results record it."""
@@ -106,6 +120,11 @@ def machine_info(device: torch.device | None = None) -> dict:
     info = {"cpu": cpu, "cpu_isa": sorted(flags & {"avx2", "fma", "avx512f", "avx512_bf16", "amx_tile"}),
             "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "python": platform.python_version(), "torch": torch.__version__}
+    # the kernels' ISA limit, when set (ATEN_CPU_CAPABILITY=avx2 DNNL_MAX_CPU_ISA=AVX2 make an
+    # AVX-512 machine compute what an AVX2-only one of its type does: docs/bench.md)
+    capability, dnnl = torch.backends.cpu.get_cpu_capability(), os.environ.get("DNNL_MAX_CPU_ISA")
+    if dnnl or capability != _widest_capability(info["cpu_isa"]):
+        info["kernel_isa"] = {"aten": capability, "dnnl": dnnl}
     if device is not None and device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info

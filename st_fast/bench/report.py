@@ -74,24 +74,29 @@ def pack_cells(bench_dir: str | Path) -> Path:
     return path
 
 
-def unpack_cells(bench_dir: str | Path) -> int:
-    """Write every packed cell back as its folder cells/<id>/ (result.json, config.json,
-    summary.json, history.json/.csv, checks.csv, as the trainer writes them), so that `st-fast
-    bench` skips the finished cells when a packed study is continued; returns how many."""
+def write_cell_dir(cell_dir: str | Path, record: dict) -> None:
+    """One record as its folder (result.json, config.json, summary.json, history.json/.csv,
+    checks.csv, as the trainer writes them); result.json last: it marks the cell finished."""
     from ..files import rows_to_csv
     from ..utils import atomic_write_json
 
+    cell_dir = Path(cell_dir)
+    for name in ("config", "summary", "history"):
+        if record[name] is not None:
+            atomic_write_json(cell_dir / f"{name}.json", record[name])
+    if record["history"] is not None:
+        atomic_write_text(cell_dir / "history.csv", rows_to_csv(record["history"]))
+    if record["checks"] is not None:
+        atomic_write_text(cell_dir / "checks.csv", rows_to_csv(record["checks"]))
+    atomic_write_json(cell_dir / "result.json", record["result"])
+
+
+def unpack_cells(bench_dir: str | Path) -> int:
+    """Write every packed cell back as its folder cells/<id>/ (``write_cell_dir``), so that
+    `st-fast bench` skips the finished cells when a packed study is continued; returns how many."""
     cells = load_cells(bench_dir)
     for cell_id, record in cells.items():
-        cell_dir = Path(bench_dir) / "cells" / cell_id
-        for name in ("config", "summary", "history"):
-            if record[name] is not None:
-                atomic_write_json(cell_dir / f"{name}.json", record[name])
-        if record["history"] is not None:
-            atomic_write_text(cell_dir / "history.csv", rows_to_csv(record["history"]))
-        if record["checks"] is not None:
-            atomic_write_text(cell_dir / "checks.csv", rows_to_csv(record["checks"]))
-        atomic_write_json(cell_dir / "result.json", record["result"])  # last: it marks the cell finished
+        write_cell_dir(Path(bench_dir) / "cells" / cell_id, record)
     return len(cells)
 
 

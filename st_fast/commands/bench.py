@@ -24,6 +24,10 @@ def add_parser(sub) -> None:
                    "Ray on several machines, on a disk they all share")
     p.add_argument("--only", default=None, help="run only cells whose id contains this text "
                    "(comma-separated: any of them; write --only=-st-s for a leading dash)")
+    p.add_argument("--share-from", action="append", default=None, metavar="DIR",
+                   help="a finished study folder (e.g. benchmarks/results/st_policy): its cells "
+                        "run with the same settings on the same CPU kernels are copied in, not "
+                        "run again (repeatable; docs/bench.md)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--dry-run", action="store_true", help="list the cells and exit")
     p.add_argument("--progress", action="store_true", help="show per-batch progress bars (serial)")
@@ -65,6 +69,13 @@ def run(args: argparse.Namespace) -> int:
             if matches(c.id, args.only):
                 print(c.id)
         return 0
+    if args.share_from:
+        from ..bench.share import share_cells
+        from ..utils import machine_info, resolve_device
+
+        device = resolve_device(args.device)
+        copied = share_cells(cfg, out, args.share_from, device.type, machine_info(device), verbose=False)
+        print(f"[bench] {len(copied)} cell(s) shared from {', '.join(args.share_from)}", file=sys.stderr)
     try:
         run_bench(cfg, out, device=args.device, progress=args.progress, only=args.only,
                   executor=args.executor, ray_options=ray_options)

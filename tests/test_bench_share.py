@@ -1,0 +1,119 @@
+"""Sharing cells between studies: only a cell run with the same settings on the same kind of CPU
+kernels is copied, and the copy says where it came from."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import yaml
+
+from st_fast.bench.config import parse_config
+from st_fast.bench.report import collect_results
+from st_fast.bench.share import share_cells
+from st_fast.errors import UserError
+from st_fast.utils import effective_isa
+
+AVX2_MACHINE = {"cpu": "AMD EPYC", "cpu_isa": ["avx2", "fma"], "threads": 1}
+AVX512_LIMITED = {"cpu": "AMD EPYC", "cpu_isa": ["avx2", "avx512_bf16", "avx512f", "fma"], "threads": 2,
+                  "kernel_isa": {"aten": "AVX2", "dnnl": "AVX2"}}
+BASE = {"dataset": "fashion-mnist", "attacks": ["clean", "sp"], "defences": ["nt", "nt-cg-ft"], "seeds": [0],
+        "train": {"epochs": 2, "train_subset": 200, "test_subset": 100, "val_size": 20},
+        "st": {"ft_epochs": 1}, "attack_params": {"sp": {"eps": 0.5}}}
+
+
+def _source(tmp_path, raw: dict, machine: dict | None, name: str = "source"):
+    """A finished study folder as `st-fast report --pack` leaves it: bench.yaml + cells.jsonl."""
+    cfg = parse_config(json.loads(json.dumps({**raw, "name": name})))
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "bench.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    lines = []
+    for i, cell in enumerate(cfg.cells()):
+        result = {"attack": cell.attack, "ratio": 1.0, "arch": cell.arch, "defence": cell.defence,
+                  "seed": cell.seed, "cell": cell.id, "final_test_acc": 0.5 + i / 100,
+                  "peak_test_acc_oracle": 0.6, "device": "cpu", "val_acc": 0.5,
+                  "rollbacks": 0, "wall_s": 1.0, "test_acc_curve": [0.5]}
+        if machine is not None:
+            result["machine"] = machine
+        lines.append(json.dumps({"cell": cell.id, "result": result, "config": {"seed": cell.seed},
+                                 "summary": None, "history": [{"epoch": 1, "test_acc": 0.5}], "checks": None}))
+    (folder / "cells.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_identical_cells_are_shared_with_their_source(tmp_path):
+    src = _source(tmp_path, BASE, AVX2_MACHINE)
+    target = parse_config(json.loads(json.dumps({**BASE, "seeds": [0, 1]})))
+    out = tmp_path / "out"
+    ids = share_cells(target, out, [src], "cpu", AVX512_LIMITED, verbose=False)
+    assert sorted(ids) == sorted(c.id for c in target.cells() if c.seed == 0)
+    results = {r["cell"]: r for r in collect_results([out])}
+    assert set(results) == set(ids)
+    assert all(r["shared_from"] == "source" for r in results.values())
+    assert json.loads((out / "cells" / ids[0] / "history.json").read_text()) == [{"epoch": 1, "test_acc": 0.5}]
+    # a second call finds them finished and copies nothing
+    assert share_cells(target, out, [src], "cpu", AVX512_LIMITED, verbose=False) == []
+
+
+@pytest.mark.parametrize("change, shared_ids", [
+    ({"train": {**BASE["train"], "epochs": 3}}, []),                      # every cell's training changed
+    ({"attack_params": {"sp": {"eps": 0.25}}}, ["clean-small-resnet-nt-s0", "clean-small-resnet-nt-cg-ft-s0"]),
+    # conservative: the whole STConfig counts, whether the cell's method reads a field or not
+    ({"st": {"ft_epochs": 2}}, []),
+])
+def test_a_changed_setting_is_not_shared(tmp_path, change, shared_ids, capsys):
+    src = _source(tmp_path, BASE, AVX2_MACHINE)
+    target = parse_config(json.loads(json.dumps({**BASE, **change})))
+    ids = share_cells(target, tmp_path / "out", [src], "cpu", AVX2_MACHINE)
+    assert sorted(ids) == sorted(shared_ids)
+    assert "not shared from source" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("machine", [
+    None,                                                                 # not recorded: cannot be checked
+    {"cpu": "Intel(R) Xeon(R) Processor", "cpu_isa": ["avx2", "fma"]},    # another CPU type
+    {**AVX512_LIMITED, "kernel_isa": None},                               # same CPU, AVX-512 kernels
+])
+def test_another_machine_is_not_shared(tmp_path, machine):
+    src = _source(tmp_path, BASE, machine)
+    assert share_cells(parse_config(json.loads(json.dumps(BASE))), tmp_path / "out", [src], "cpu",
+                       AVX512_LIMITED, verbose=False) == []
+
+
+def test_a_gpu_cell_is_not_shared_into_a_cpu_study(tmp_path):
+    src = _source(tmp_path, BASE, AVX2_MACHINE)
+    lines = [json.loads(line) for line in (src / "cells.jsonl").read_text().splitlines()]
+    for line in lines:
+        line["result"]["device"] = "cuda:0"
+    (src / "cells.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    assert share_cells(parse_config(json.loads(json.dumps(BASE))), tmp_path / "out", [src], "cpu",
+                       AVX2_MACHINE, verbose=False) == []
+
+
+def test_a_folder_without_bench_yaml_is_refused(tmp_path):
+    with pytest.raises(UserError, match="not a bench folder"):
+        share_cells(parse_config(json.loads(json.dumps(BASE))), tmp_path / "out", [tmp_path], "cpu", AVX2_MACHINE)
+
+
+def test_effective_isa_counts_a_limit_only_when_both_libraries_are_limited():
+    assert effective_isa(AVX512_LIMITED) == ["avx2", "fma"]
+    only_aten = {**AVX512_LIMITED, "kernel_isa": {"aten": "AVX2", "dnnl": None}}
+    assert effective_isa(only_aten) == AVX512_LIMITED["cpu_isa"]
+    assert effective_isa(AVX2_MACHINE) == ["avx2", "fma"]
+
+
+def test_bench_share_from_flag_copies_before_running(tmp_path, monkeypatch):
+    from st_fast.cli import main
+    from st_fast.utils import machine_info
+
+    src = _source(tmp_path, BASE, machine_info())
+    cfg = tmp_path / "b.yaml"
+    cfg.write_text(yaml.safe_dump(BASE))
+    out = tmp_path / "out"
+    # every cell is shared, so the bench has nothing left to train and only writes its reports
+    assert main(["bench", "--config", str(cfg), "--out", str(out), "--share-from", str(src)]) == 0
+    assert sorted(r["cell"] for r in collect_results([out])) == sorted(c.id for c in parse_config(BASE).cells())
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert len(rows) == 4 and {r["shared_from"] for r in rows} == {"source"}
