@@ -117,3 +117,19 @@ def test_bench_share_from_flag_copies_before_running(tmp_path, monkeypatch):
     assert sorted(r["cell"] for r in collect_results([out])) == sorted(c.id for c in parse_config(BASE).cells())
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert len(rows) == 4 and {r["shared_from"] for r in rows} == {"source"}
+
+
+def test_a_cell_a_worker_is_running_is_left_to_it(tmp_path):
+    from st_fast.bench.runner import Claim
+
+    src = _source(tmp_path, BASE, AVX2_MACHINE)
+    target = parse_config(json.loads(json.dumps(BASE)))
+    out = tmp_path / "out"
+    running = Claim(out / "cells" / "sp-r1-small-resnet-nt-s0")
+    assert running.acquire()
+    try:
+        ids = share_cells(target, out, [src], "cpu", AVX2_MACHINE, verbose=False)
+    finally:
+        running.release()
+    assert "sp-r1-small-resnet-nt-s0" not in ids and len(ids) == 3
+    assert not (out / "cells" / "sp-r1-small-resnet-nt-s0").exists()

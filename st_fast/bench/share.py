@@ -20,6 +20,7 @@ from ..errors import UserError
 from ..utils import effective_isa
 from .config import BenchConfig, Cell, defence_configs, load_config
 from .report import load_cells, write_cell_dir
+from .runner import Claim
 
 # fields of TrainConfig that say where a run was, not what it was
 WHERE_FIELDS = ("poison", "device", "data_root", "download")
@@ -83,9 +84,16 @@ def share_cells(cfg: BenchConfig, out: str | Path, sources: list[str | Path], de
                 if verbose:
                     print(f"[share] {cell_id}: not shared from {source.name} ({why[0]})")
                 continue
-            record = {**record, "result": {**result, "shared_from": src_cfg.name}}
-            write_cell_dir(out / "cells" / cell_id, record)
-            copied.append(cell_id)
+            claim = Claim(out / "cells" / cell_id)   # a worker may be running it right now
+            if not claim.acquire():
+                continue
+            try:
+                if not (out / "cells" / cell_id / "result.json").exists():
+                    record = {**record, "result": {**result, "shared_from": src_cfg.name}}
+                    write_cell_dir(out / "cells" / cell_id, record)
+                    copied.append(cell_id)
+            finally:
+                claim.release()
             del wanted[cell_id]
             if verbose:
                 print(f"[share] {cell_id}: shared from {source.name}")
