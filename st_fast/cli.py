@@ -19,7 +19,7 @@ import sys
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from . import __version__  # noqa: E402
-from .errors import UserError  # noqa: E402
+from .errors import TrainingDiverged, UserError  # noqa: E402
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"st-fast {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except TrainingDiverged as err:
+        print(f"st-fast {args.command}: error: {err}", file=sys.stderr)
+        return 1
     except OSError as err:  # read-only, full disk, permission: the path and the reason, one line
         where = f"{err.filename}: " if err.filename else ""
         print(f"st-fast {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import sys
 import time
 from pathlib import Path
@@ -43,7 +44,7 @@ from .checkpoint import (
 )
 from .config import STConfig, TrainConfig
 from .data import DeviceLoader, ImageDataset
-from .errors import UserError
+from .errors import TrainingDiverged, UserError
 from .files import atomic_torch_save, atomic_write_json, atomic_write_text, rows_to_csv
 from .models import UnitNet, build_model
 from .optim import UnitSGD
@@ -184,6 +185,9 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         meter.seconds += time.perf_counter() - t0
+        if not math.isfinite(float(meter.loss_sum)):   # one read per call: never a silent NaN
+            raise TrainingDiverged(f"training diverged: the loss is {float(meter.loss_sum)} in epoch "
+                                   f"{epoch + 1} (lr {lr:g}); lower --lr or turn off --amp")
         self._unfreeze_bn()
 
     def _freeze_bn(self, scales: list[float]) -> None:

@@ -2,6 +2,8 @@
 
 ``UserError`` (a ``ValueError``) carries a message that says what was wrong and what to do.
 The CLI prints it as one line and exits with status 2; the Python API lets it propagate.
+``TrainingDiverged`` (a ``FloatingPointError``): a loss became NaN or infinite; the CLI prints
+its one line (where, and what to lower) and exits with status 1.
 """
 
 
@@ -11,3 +13,7 @@ class UserError(ValueError):
 
 class DataNotFoundError(UserError, FileNotFoundError):
     """A dataset could not be found in any of the places searched."""
+
+
+class TrainingDiverged(FloatingPointError):
+    """A training loss became NaN or infinite; the message says where and what to change."""

@@ -35,3 +35,13 @@ def test_train_with_profile_writes_trace_then_trains(tiny_fashion, tmp_path):
                "--device", "cpu", "--no-acm-log", "--profile", "2", "--out", str(out), "--no-progress"])
     assert rc == 0
     assert list((out / "profile").glob("*.json")) and (out / "history.csv").exists()
+
+
+def test_a_diverged_run_is_one_line_and_exit_1(tiny_fashion, tmp_path, capsys):
+    # lr 1e8: the loss overflows in the first epoch; the run stops there instead of training on NaN
+    rc = main(["train", "--data-root", str(tiny_fashion), "--epochs", "2", "--batch-size", "32", "--lr", "1e8",
+               "--device", "cpu", "--no-acm-log", "--out", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1
+    assert err[-1].startswith("st-fast train: error: training diverged") and "epoch 1" in err[-1]
+    assert "Traceback" not in "\n".join(err)

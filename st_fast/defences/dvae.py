@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data import ImageDataset
-from ..errors import UserError
+from ..errors import TrainingDiverged, UserError
 from .base import Defence, register
 
 
@@ -170,8 +170,8 @@ def train_dvae(x: torch.Tensor, y: torch.Tensor, num_classes: int, kl_target: fl
             out = model(x[idx], y[idx], g)
             loss, kl = dvae_loss(x[idx], *out, kl_target, s, penalise_p=epoch >= penalty_start)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"d-vae training diverged (loss {loss.item()}) at epoch {epoch}; "
-                                         f"try a lower lr than {s.lr}")
+                raise TrainingDiverged(f"d-vae training diverged (loss {loss.item()}) in epoch {epoch + 1}; "
+                                       f"try a lower lr than {s.lr}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
