@@ -113,3 +113,26 @@ def test_missing_dataset_names_places_searched(tmp_path, monkeypatch):
 def test_unknown_dataset():
     with pytest.raises(UserError, match="unknown dataset"):
         load_dataset("mnist-but-wrong")
+
+
+@pytest.mark.parametrize("subset", [None, list(range(0, 120, 2))])
+def test_training_indices_are_the_images_prepare_data_trains_on(tiny_fashion, tmp_path, subset):
+    from st_fast.attacks import generate
+    from st_fast.config import TrainConfig
+    from st_fast.data import prepare_data, training_indices
+
+    clean = load_dataset("fashion-mnist", "train", root=tiny_fashion)
+    poison = None
+    if subset is not None:   # a poison made for a subset: training is drawn from that subset
+        ps = generate("sp", clean, subset=len(subset), seed=0)
+        subset = ps.meta["subset"]
+        poison = str(ps.save(tmp_path / "sp.pt"))
+    cfg = TrainConfig(dataset="fashion-mnist", data_root=str(tiny_fashion), train_subset=40, val_size=10,
+                      seed=3, poison=poison)
+    train, _, val = prepare_data(cfg, with_val=True)
+    idx, val_idx = training_indices(cfg, clean, subset)
+    assert torch.equal(train.labels, clean.labels[idx]) and torch.equal(val.images, clean.images[val_idx])
+    if subset is not None:
+        assert torch.equal(train.images, ps.images[idx]) and bool(torch.isin(idx, torch.as_tensor(subset)).all())
+    else:
+        assert torch.equal(train.images, clean.images[idx])

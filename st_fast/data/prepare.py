@@ -24,18 +24,32 @@ def prepare_data(cfg, with_val: bool = False):
     """
     clean = load_dataset(cfg.dataset, "train", root=cfg.data_root, download=cfg.download)
     test = load_dataset(cfg.dataset, "test", root=cfg.data_root, download=cfg.download)
-    train, pool = clean, torch.arange(len(clean))
+    train, subset = clean, None
     if cfg.poison:
         poisoned = load_poison(cfg.poison, dataset=clean)
         train = clean.with_images(poisoned.images, poison=poisoned.meta)
-        if poisoned.meta.get("subset") is not None:
-            pool = torch.as_tensor(poisoned.meta["subset"], dtype=torch.long)
+        subset = poisoned.meta.get("subset")
     for name, size, n in (("train_subset", cfg.train_subset, len(clean) - cfg.val_size),
                           ("test_subset", cfg.test_subset, len(test)), ("val_size", cfg.val_size, len(clean) - 1)):
         if size is not None and size > n:
             raise UserError(f"{name} must be at most {n} for {cfg.dataset} ({len(clean)} training, "
                             f"{len(test)} test images), got {size}")
     g = torch.Generator().manual_seed(cfg.seed)
+    train_idx, val_idx = training_indices(cfg, clean, subset, g)
+    train = train.subset(train_idx)
+    if cfg.test_subset:
+        test = test.subset(torch.randperm(len(test), generator=g)[: cfg.test_subset])
+    if with_val:
+        return train, test, clean.subset(val_idx)
+    return train, test
+
+
+def training_indices(cfg, clean, subset=None, generator: torch.Generator | None = None):
+    """(train, val) indices into the clean training set that a run of ``cfg`` uses, drawn from
+    ``subset`` (a poison's meta "subset") or the whole set; ``generator`` continues to draw
+    the test subset in ``prepare_data`` (default: a fresh one seeded with ``cfg.seed``)."""
+    g = generator if generator is not None else torch.Generator().manual_seed(cfg.seed)
+    pool = torch.arange(len(clean)) if subset is None else torch.as_tensor(subset, dtype=torch.long)
     val_idx = torch.empty(0, dtype=torch.long)
     if cfg.val_size:
         per_class = -(-cfg.val_size // clean.num_classes)
@@ -45,9 +59,4 @@ def prepare_data(cfg, with_val: bool = False):
     pool = pool[torch.randperm(len(pool), generator=g)]
     if cfg.train_subset:
         pool = pool[: cfg.train_subset]
-    train = train.subset(pool)
-    if cfg.test_subset:
-        test = test.subset(torch.randperm(len(test), generator=g)[: cfg.test_subset])
-    if with_val:
-        return train, test, clean.subset(val_idx)
-    return train, test
+    return pool, val_idx
