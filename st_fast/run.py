@@ -91,19 +91,20 @@ def with_defence_defaults(cfg: TrainConfig, defence) -> TrainConfig:
 
 
 def train(config: TrainConfig, st: STConfig | None = None, *, defence: str | None = None,
-          run_dir: str | Path | None = None, resume: str = "never", writer: str = "api",
+          defence_params: dict | None = None, run_dir: str | Path | None = None, resume: str = "never", writer: str = "api",
           progress: bool = True, data=None, run_extra: dict | None = None,
           profile_steps: int | None = None) -> RunResult:
     """Train one run and return its result.
 
     st: the method and its staged policy (None: natural training). defence: a registered
-    defence (st_fast.defences.DEFENCES) applied around the method. resume: "never" (a
+    defence (st_fast.defences.DEFENCES) applied around the method; defence_params: its
+    settings in place of the defaults (``Defence.params``, e.g. {"width": 64} for d-vae). resume: "never" (a
     checkpoint already in ``run_dir`` is an error), "auto" (continue it if it is this run's)
     or "require" (it must exist). data: (train, test, val) already prepared from ``config``
     (callers that train several runs on one dataset); otherwise prepared here.
     profile_steps: first profile that many steps with torch.profiler (OUT/profile/).
     """
-    from .defences import DEFENCES
+    from .defences import DEFENCES, configure
 
     if resume not in RESUME_MODES:
         raise UserError(f"resume must be one of {', '.join(RESUME_MODES)}, got {resume!r}")
@@ -122,11 +123,15 @@ def train(config: TrainConfig, st: STConfig | None = None, *, defence: str | Non
         if defence not in DEFENCES:
             raise UserError(f"unknown defence {defence!r}; choose one of: none, {', '.join(DEFENCES)} "
                             "(training methods go in --method)")
-        the_defence = DEFENCES[defence]
+        the_defence = configure(DEFENCES[defence], defence_params)
         config = with_defence_defaults(config, the_defence)
         if st.method == STConfig().method and the_defence.method != st.method:
             st = dataclasses.replace(st, method=the_defence.method)   # e.g. cg-val-es trains NT-CG
         extra["defence"] = defence
+        if defence_params:   # recorded only when given: runs without them keep their old record
+            extra["defence_params"] = dict(the_defence.params)
+    elif defence_params:
+        raise UserError("defence settings were given without a defence; name one (--defence)")
     t0 = time.perf_counter()
     train_set, test_set, val_set = data if data is not None else prepare_data(config, with_val=True)
     if the_defence is not None and the_defence.prepare is not None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..files import atomic_write_json
 from ..utils import machine_info
-from .config import BenchConfig, Cell, defence_configs
+from .config import BenchConfig, Cell, defence_configs, variant_defence_params
 from .poisons import poison_fields
 
 
@@ -43,7 +43,8 @@ def run_cell(cfg: BenchConfig, cell: Cell, out: Path, device: str, progress: boo
     run_dir = out / "cells" / cell.id
     # an interrupted cell continues; a checkpoint that is unreadable, foreign or of a changed
     # config is refused (one line naming it), never silently deleted or half-loaded
-    r = train(tcfg, scfg, defence=defence.name if defence.name in DEFENCES else None, run_dir=run_dir,
+    r = train(tcfg, scfg, defence=defence.name if defence.name in DEFENCES else None,
+              defence_params=variant_defence_params(cfg, cell.defence) or None, run_dir=run_dir,
               resume="auto", writer="bench", progress=progress,
               run_extra={"cell": cell.defence, "variant": dict(cfg.variants.get(cell.defence, {}))})
     s, trainer = r.summary, r.trainer

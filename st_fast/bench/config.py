@@ -15,7 +15,8 @@
       sp-authors: {path: data/sp.npy, attack: sp, norm: l2, eps: 0.6588}   # options of
       em-ours: {path: poisons/em.pt}   # `st-fast poison --from`; 'ratio' (default 1) labels it
     variants:                          # named defences built from others + overrides
-      st-retry: {base: st, rollback: retry}
+      st-retry: {base: st, rollback: retry}       # TrainConfig / STConfig fields
+      d-vae-w64: {base: d-vae, defence: {width: 64, epochs: 60}}   # the defence's settings
     keep_checkpoints: false            # drop each finished cell's checkpoint.pt
     select:                            # extra table column: per (attack, seed), the candidate
       st-val: [st, st-retry]           # with the best accuracy on the clean validation images
@@ -205,15 +206,30 @@ def defence_configs(cfg: BenchConfig, name: str, source: str = "config", **fixed
     """(TrainConfig, STConfig, Defence) of defence ``name`` in this bench (a variant's base and
     overrides applied); ``fixed``: per-cell TrainConfig fields (arch, seed, poison, device)."""
     from ..config import STConfig
-    from ..defences import resolve
+    from ..defences import configure, resolve
 
     variant = dict(cfg.variants.get(name, {}))
     defence = resolve(variant.pop("base", name))
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    try:
+        defence = configure(defence, variant_defence_params(cfg, name))
+    except UserError as err:
+        raise UserError(f"{source}: variant {name}: {err}") from None
     train = {**cfg.train, **defence.train_overrides, **{k: v for k, v in variant.items() if k in train_fields}}
     train.update(dataset=cfg.dataset, data_root=cfg.data_root, **fixed)
-    st = {**cfg.st, **{k: v for k, v in variant.items() if k not in train_fields}, "method": defence.method}
+    st = {**cfg.st, **{k: v for k, v in variant.items() if k not in train_fields and k != "defence"},
+          "method": defence.method}
     return (TrainConfig.from_dict(train, source=source), STConfig.from_dict(st, source=source), defence)
+
+
+def variant_defence_params(cfg: BenchConfig, name: str) -> dict:
+    """Variant ``name``'s ``defence:`` mapping, the settings of its base defence
+    (``Defence.params``; e.g. ``d-vae-w64: {base: d-vae, defence: {width: 64}}``). Kept apart
+    from the variant's other keys because names such as epochs and lr are TrainConfig fields too."""
+    params = cfg.variants.get(name, {}).get("defence", {})
+    if not isinstance(params, dict):
+        raise UserError(f"'defence' must be a mapping of the defence's settings, got {params!r}")
+    return dict(params)
 
 
 def parse_pair(spec: str, source: str = "--paired") -> tuple[str, str]:

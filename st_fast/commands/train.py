@@ -38,6 +38,10 @@ def add_parser(sub) -> None:
     p.add_argument("--defence", default="none", metavar="{none," + ",".join(_defences()) + "}",
                    help="a registered defence around the method (docs/defences.md): its data step, "
                         "per-batch step and training defaults")
+    p.add_argument("--defence-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting of the defence in place of its default, e.g. width=64 for d-vae "
+                        "(repeatable; VALUE is read as YAML: 64, 5e-3, [1.0, 3.0]; docs/defences.md "
+                        "lists each defence's settings)")
     p.add_argument("--out", default=None, help="run directory (default runs/<method>-<dataset>-<arch>-s<seed>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint "
                    "(refused if any setting that changes the result differs)")
@@ -50,15 +54,35 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def parse_defence_params(items: list[str]) -> dict:
+    """["width=64", "kl_targets=[1, 3]"] -> {"width": 64, "kl_targets": [1, 3]} (values as YAML)."""
+    import yaml
+
+    from ..errors import UserError
+
+    params = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--defence-param wants KEY=VALUE (e.g. width=64), got {item!r}")
+        try:
+            params[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise UserError(f"--defence-param {key}: {text!r} is not a value (a number, true/false, "
+                            f"or a list such as [1.0, 3.0])") from None
+    return params
+
+
 def run(args: argparse.Namespace) -> int:
     from ..run import train
 
+    defence_params = parse_defence_params(args.defence_param)
     cfg = config_from_args(args)
     st = config_from_args(args, STConfig)
     out = Path(args.out or f"runs/{args.method}-{cfg.dataset}-{cfg.arch}-s{cfg.seed}")
     # train() refuses an existing run without --resume, a --resume without a checkpoint and an
     # unwritable --out, each before any work
-    result = train(cfg, st, defence=args.defence, run_dir=out, resume="require" if args.resume else "never",
+    result = train(cfg, st, defence=args.defence, defence_params=defence_params, run_dir=out, resume="require" if args.resume else "never",
                    writer="train", progress=args.progress, profile_steps=args.profile)
     label = args.method + (f" + {args.defence}" if args.defence not in (None, "none") else "")
     val = f", val {result.val_acc:.4f} ({result.val_size} clean images)" if result.val_acc is not None else ""

@@ -9,7 +9,11 @@ A defence is a training method (``nt``, ``st-full``, ...) plus any of:
   (augmentations; mixup/cutmix return soft targets (B, K); adversarial training returns PGD
   examples). It is installed as ``trainer.batch_transform``;
 - ``select_on_val``: early stopping on the held-out clean validation images (never the test
-  set): the run ends with the weights of its best validation epoch.
+  set): the run ends with the weights of its best validation epoch;
+- ``params`` and ``build``: the settings a user may change (name -> default) and how the
+  defence is rebuilt with others (``configure``; `st-fast train --defence-param k=v`, a bench
+  variant's keys), so a GPU user can run the published settings where the CPU default is
+  scaled down.
 
 The ST methods themselves are defences with nothing but a method (see ``resolve``).
 """
@@ -34,11 +38,53 @@ class Defence:
     batch_transform: Callable | None = None
     # keep the epoch with the best accuracy on the clean validation images (ties: the earliest)
     select_on_val: bool = False
+    params: dict = field(default_factory=dict)     # settings a user may change: name -> value
+    build: Callable | None = None                  # build(**params) -> this defence with them
 
 
 def register(defence: Defence) -> Defence:
     DEFENCES[defence.name] = defence
     return defence
+
+
+def _coerce(defence: str, key: str, value, default):
+    """``value`` as the type of ``default`` (int, float, bool, str, or a tuple of numbers)."""
+    bad = UserError(f"defence {defence}: {key} must be {type(default).__name__} like its default "
+                    f"{default!r}, got {value!r}")
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad
+        return float(value)
+    if isinstance(default, tuple):
+        if not isinstance(value, list | tuple) or len(value) != len(default):
+            raise bad
+        return tuple(_coerce(defence, key, v, d) for v, d in zip(value, default))
+    if not isinstance(value, type(default)):
+        raise bad
+    return value
+
+
+def configure(defence: Defence, params: dict | None) -> Defence:
+    """``defence`` with ``params`` in place of its defaults; an unknown name or a value of the
+    wrong type is refused in one line naming the defence's settings (the defence's own checks
+    then apply to the values, e.g. D-VAE's width must be even)."""
+    if not params:
+        return defence
+    unknown = sorted(set(params) - set(defence.params))
+    if unknown:
+        known = ", ".join(f"{k}={v!r}" for k, v in defence.params.items()) or "none"
+        raise UserError(f"defence {defence.name} has no setting {', '.join(unknown)}; its settings "
+                        f"(defaults): {known}")
+    values = {k: _coerce(defence.name, k, v, defence.params[k]) for k, v in params.items()}
+    return defence.build(**{**defence.params, **values})
 
 
 def resolve(name: str) -> Defence:

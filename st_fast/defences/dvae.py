@@ -229,10 +229,15 @@ def dvae_purification(settings: DVAESettings = DEFAULTS):
     return prepare
 
 
-register(Defence(
-    name="d-vae",
-    summary=f"D-VAE: two stages of a rate-constrained VAE with a class-wise perturbation decoder "
-            f"(KL targets {DEFAULTS.kl_targets}, latent {DEFAULTS.latent}, Adam lr {DEFAULTS.lr}; "
-            f"width {DEFAULTS.width}, {DEFAULTS.epochs} epochs per stage for the CPU) (Yu et al. 2024)",
-    prepare=dvae_purification(),
-))
+def dvae_defence(**settings) -> Defence:
+    """The ``d-vae`` defence with these DVAESettings (defaults: the CPU ones)."""
+    s = DVAESettings(**settings)
+    return Defence(
+        name="d-vae",
+        summary=f"D-VAE: two stages of a rate-constrained VAE with a class-wise perturbation decoder "
+                f"(KL targets {s.kl_targets}, latent {s.latent}, Adam lr {s.lr}; width {s.width}, "
+                f"{s.epochs} epochs per stage{' for the CPU' if s == DEFAULTS else ''}) (Yu et al. 2024)",
+        prepare=dvae_purification(s), params=asdict(s), build=dvae_defence)
+
+
+register(dvae_defence())

@@ -73,9 +73,21 @@ def orthogonal_projection(epochs: int = DEFAULTS["epochs"], lr: float = DEFAULTS
     return prepare
 
 
-register(Defence(
-    name="ortho-proj",
-    summary="orthogonal projection: remove the span of a bias-free linear model's class weights "
-            "(20 epochs, SGD lr 0.1, batch 1024) from every training image (Sandoval-Segura et al. 2023)",
-    prepare=orthogonal_projection(),
-))
+def ortho_proj_defence(epochs: int = DEFAULTS["epochs"], lr: float = DEFAULTS["lr"],
+                       batch_size: int = DEFAULTS["batch_size"]) -> Defence:
+    """The ``ortho-proj`` defence with these settings of its linear model (defaults: published)."""
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if value < 1:
+            raise UserError(f"ortho-proj {name} must be >= 1, got {value}")
+    if not lr > 0:
+        raise UserError(f"ortho-proj lr must be > 0, got {lr}")
+    return Defence(
+        name="ortho-proj",
+        summary=f"orthogonal projection: remove the span of a bias-free linear model's class weights "
+                f"({epochs} epochs, SGD lr {lr}, batch {batch_size}) from every training image "
+                f"(Sandoval-Segura et al. 2023)",
+        prepare=orthogonal_projection(epochs, lr, batch_size),
+        params={"epochs": epochs, "lr": lr, "batch_size": batch_size}, build=ortho_proj_defence)
+
+
+register(ortho_proj_defence())
