@@ -133,3 +133,19 @@ def test_a_cell_a_worker_is_running_is_left_to_it(tmp_path):
         running.release()
     assert "sp-r1-small-resnet-nt-s0" not in ids and len(ids) == 3
     assert not (out / "cells" / "sp-r1-small-resnet-nt-s0").exists()
+
+
+def test_a_claim_file_is_not_executable_and_keeps_the_umask(tmp_path):
+    import os
+
+    from st_fast.bench.runner import Claim
+
+    old = os.umask(0o027)
+    try:
+        claim = Claim(tmp_path / "cells" / "x")
+        assert claim.acquire()
+        mode = claim.path.stat().st_mode & 0o777
+        claim.release()
+    finally:
+        os.umask(old)
+    assert mode == 0o640
