@@ -149,3 +149,22 @@ def test_a_claim_file_is_not_executable_and_keeps_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert mode == 0o640
+
+
+def test_an_attack_whose_version_changed_is_not_shared(tmp_path, monkeypatch):
+    import dataclasses as dc
+
+    from st_fast.attacks import ATTACKS
+
+    src = _source(tmp_path, BASE, AVX2_MACHINE)   # its results carry no attack_version: version 1
+    monkeypatch.setitem(ATTACKS, "sp", dc.replace(ATTACKS["sp"], version=2))
+    ids = share_cells(parse_config(json.loads(json.dumps(BASE))), tmp_path / "out", [src], "cpu", AVX2_MACHINE,
+                      verbose=False)
+    assert sorted(ids) == ["clean-small-resnet-nt-cg-ft-s0", "clean-small-resnet-nt-s0"]
+
+
+def test_ops_and_ar_are_at_version_2():
+    # their defaults became the authors' algorithms (issue 18): the same parameters make another poison
+    from st_fast.attacks import ATTACKS
+
+    assert ATTACKS["ops"].version == 2 and ATTACKS["ar"].version == 2 and ATTACKS["sp"].version == 1

@@ -166,7 +166,8 @@ def search_ar_coefficients(num_classes: int, channels: int, size: tuple[int, int
     return torch.stack(accepted), {"candidates_tried": tried, "lowest_response": lowest}
 
 
-@register("ar", norm="l2", defaults=DEFAULTS, aliases=("ap", "autoregressive"),
+# version 2 (2026-12-01): processes chosen by the authors' criterion by default (processes="search")
+@register("ar", norm="l2", defaults=DEFAULTS, aliases=("ap", "autoregressive"), version=2,
           summary="per-class autoregressive noise, L2-bounded (model-free)")
 def ar_attack(ds, gen, device, *, eps, crop, window, processes="search", trials=3, max_norm=50.0,
               min_response=None, candidates=20000, progress=False, **_):

@@ -39,6 +39,9 @@ class AttackSpec:
     uses_model: bool = False
     trains_model: bool = False              # needs ``fit_model`` (a clean crafting model)
     summary: str = ""
+    # bumped when the same parameters make another poison (new defaults, a changed algorithm):
+    # results record it, and a study shares a cell only across equal versions
+    version: int = 1
 
 
 ATTACKS: dict[str, AttackSpec] = {}
@@ -48,7 +51,7 @@ ALIASES: dict[str, str] = {}
 def register(name: str, *, norm: str, defaults: dict,
              bound: Callable[[dict, tuple], float] | None = None,
              uses_model: bool = False, trains_model: bool = False, aliases: tuple[str, ...] = (),
-             summary: str = ""):
+             summary: str = "", version: int = 1):
     """Decorator: register an attack function under ``name`` (and ``aliases``)."""
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}")
@@ -56,7 +59,7 @@ def register(name: str, *, norm: str, defaults: dict,
     def deco(fn):
         ATTACKS[name] = AttackSpec(name, fn, norm, dict(defaults),
                                    bound or (lambda p, shape: float(p["eps"])), uses_model, trains_model,
-                                   summary)
+                                   summary, version)
         for a in aliases:
             ALIASES[a] = name
         return fn

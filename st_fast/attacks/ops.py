@@ -133,8 +133,9 @@ def authors_search(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
     return choices
 
 
+# version 2 (2026-12-01): the authors' search and tie-break by default (search="authors")
 @register("ops", norm="l0", defaults=DEFAULTS, bound=lambda p, shape: float(p["pixels"]),
-          aliases=("one-pixel", "one-pixel-shortcut"),
+          aliases=("one-pixel", "one-pixel-shortcut"), version=2,
           summary="one pixel per class at a searched location and boundary colour (model-free)")
 def ops_attack(ds, gen, device, *, pixels, search="authors", progress=False, **_):
     if search not in SEARCHES:

@@ -128,8 +128,13 @@ def generate_poison(path: Path, cfg: BenchConfig, cell: Cell, device: str) -> No
 
 
 def poison_fields(out: Path, cfg: BenchConfig, cell: Cell) -> dict:
-    """What a cell's result records of its poison: for an imported file, its path and SHA-256."""
-    if cell.attack not in cfg.poison_files:
+    """What a cell's result records of its poison: for an imported file, its path and SHA-256;
+    for a generated one, its attack's version (``AttackSpec.version``)."""
+    if cell.attack == "clean":
         return {}
+    if cell.attack not in cfg.poison_files:
+        from ..attacks import resolve
+
+        return {"attack_version": resolve(cell.attack).version}
     source = json.loads((out / "poisons" / f"{cell.attack}.source.json").read_text())
     return {"poison_file": source["path"], "poison_sha256": source["sha256"]}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from ..attacks import resolve as resolve_attack
 from ..errors import UserError
 from ..utils import effective_isa
 from .config import BenchConfig, Cell, defence_configs, load_config
@@ -72,6 +73,11 @@ def share_cells(cfg: BenchConfig, out: str | Path, sources: list[str | Path], de
                 continue
             result = record["result"]
             why = _differences(_settings(src_cfg, cell), _settings(cfg, cell))
+            if cell.attack != "clean" and cell.attack not in cfg.poison_files:
+                version = resolve_attack(cell.attack).version   # results before versions: 1
+                if result.get("attack_version", 1) != version:
+                    why.append(f"attack {cell.attack} version {result.get('attack_version', 1)} -> {version} "
+                               f"(the same parameters make another poison now)")
             if result.get("device", device_type).split(":")[0] != device_type:
                 why.append(f"device {result['device']} -> {device_type}")
             src_machine = result.get("machine") or {}
