@@ -138,8 +138,11 @@ def test_full_runs_give_the_same_acm_as_the_torch_path(cpp):
     # embeddings differ. Measured (18 clustered inputs, N = 200-300): ACM differs by 1.9 %
     # (median, max 5.8 %) between the paths, and by 1.4 % (max 12 %) between the torch path on
     # the features and on the features times (1 + 1e-6 noise); on weakly clustered input
-    # (spread 0.3) that noise alone moves it by 17 %. So the C++ reading must fall within the
-    # readings both paths give on 1e-6-perturbed copies (plus 5 %), and kNN accuracy must hold.
+    # (spread 0.3) that noise alone moves it by 17 %, so one reading of a path is one draw of a
+    # distribution (an AVX-512 EPYC drew C++ 1.84 against torch 1.99-2.30 on 9 draws, C++'s
+    # own 8 perturbed draws 1.92-2.22). So each path is read on the features and on 5
+    # 1e-6-perturbed copies, and the means of the two distributions must agree within 6 %
+    # (measured there: 2.6 %, 0.7 %, 0.8 % for the three spreads); kNN accuracy must hold.
     rel, knn = [], []
     for spread, seed in [(0.3, 0), (0.5, 1), (1.0, 2)]:
         x, y = blobs(n=240, d=16, k=4, spread=spread, seed=seed)
@@ -149,17 +152,14 @@ def test_full_runs_give_the_same_acm_as_the_torch_path(cpp):
                           return_stats=True)  # fmt: skip
         assert ref.tsne_impl == "torch"
         rng = np.random.default_rng(seed)
-        readings = [ref.acm]
-        for _ in range(2):
+        readings = {True: [ours.acm], False: [ref.acm]}
+        for _ in range(5):
             noisy = (x * (1 + 1e-6 * rng.standard_normal(x.shape))).astype(np.float32)
             for use_cpp in (True, False):
-                options = {"use_cpp": use_cpp}
-                readings.append(st_fast.acm(noisy, y, backend="exact", tsne_options=options))
-        margin = 0.05 * ref.acm
-        assert min(readings) - margin <= ours.acm <= max(readings) + margin, (ours.acm, readings)
-        rel.append(abs(ours.acm - ref.acm) / ref.acm)
+                readings[use_cpp].append(st_fast.acm(noisy, y, backend="exact", tsne_options={"use_cpp": use_cpp}))
+        rel.append(abs(np.mean(readings[True]) - np.mean(readings[False])) / np.mean(readings[False]))
         knn.append(knn_accuracy(ours.embedding, y) - knn_accuracy(ref.embedding, y))
-    assert np.mean(rel) <= 0.07, rel
+    assert max(rel) <= 0.06, rel
     assert min(knn) >= -0.03, knn
 
 
