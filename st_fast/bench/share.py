@@ -1,14 +1,16 @@
 """Share finished cells of another study: a cell identical to one already run elsewhere (same
-cell id, dataset, training, ST and defence settings, attack parameters and poison seed, on the
-same device type and CPU) is copied into this study's OUT instead of being run again.
+cell id, dataset, training, ST and defence settings, attack parameters, attack version and
+poison seed, on the same device type, CPU model and kernel ISA) is copied into this study's
+OUT instead of being run again.
 
-    share_cells(cfg, OUT, ["benchmarks/results/st_findings"])   # -> ids copied
+    share_cells(cfg, OUT, ["benchmarks/results/st_policy"], "cpu", machine_info())  # -> ids
 
 The copy is the source's record, written as a cell folder (``report.write_cell_dir``) whose
 result.json gains ``shared_from`` (the source study's name), so every table says where a number
-came from. What a config cannot show is the code: an attack whose defaults changed since the
-source ran makes another poison under the same parameters. Re-run one shared cell per attack
-and compare it with the shared one (docs/bench.md) before trusting a study built this way.
+came from. What a config cannot show is the code: a change that makes another poison under the
+same parameters bumps the attack's version (``AttackSpec.version``), which is compared; any
+other unannounced change is caught only by re-running one shared cell per attack and comparing
+it with the shared one (docs/bench.md).
 """
 
 from __future__ import annotations
@@ -56,8 +58,8 @@ def share_cells(cfg: BenchConfig, out: str | Path, sources: list[str | Path], de
     ``device_type`` and on the CPU ``machine`` describes (``utils.machine_info``: model and the
     instruction sets its kernels use; CPU runs are not bit-reproducible across CPU types, so a
     cell whose machine was not recorded is never shared; the thread count is not compared:
-    one- and two-thread cells of fmnist_cpu and st_policy agree bit for bit). Returns the ids copied; cells that differ are
-    listed with their first difference when ``verbose``."""
+    one- and two-thread cells of fmnist_cpu and st_policy agree bit for bit). Returns the ids
+    copied; cells that differ are listed with their first difference when ``verbose``."""
     out = Path(out)
     wanted = {c.id: c for c in cfg.cells() if not (out / "cells" / c.id / "result.json").exists()}
     copied = []
