@@ -351,23 +351,28 @@ def per_sample_scores(images: torch.Tensor, labels: torch.Tensor, num_classes: i
     means = sums / counts.clamp_min(1)[:, None]
     directions = (residual_sums / counts.clamp_min(1)[:, None]).t()          # (D, K)
     cov = torch.zeros(d, d, dtype=torch.float64) if full else torch.zeros(d, dtype=torch.float64)
-    fourth = 0.0   # sum of |x_i|^4, for the Ledoit-Wolf shrinkage
+    # fourth moments for the Ledoit-Wolf shrinkage: sum_i |x_i|^4 (full), sum_i x_ij^4 (diagonal)
+    fourth = 0.0 if full else torch.zeros(d, dtype=torch.float64)
     for i in range(0, n, chunk):
         xc = images[i:i + chunk].flatten(1).double() / 255 - means[labels[i:i + chunk]]
         cov += xc.t() @ xc if full else (xc * xc).sum(0)
-        fourth += float((xc * xc).sum(1).pow(2).sum())
+        fourth += float((xc * xc).sum(1).pow(2).sum()) if full else xc.pow(4).sum(0)
     cov /= n
     scale = float(cov.diagonal().mean() if full else cov.mean())
-    if ridge is None and full:   # Ledoit-Wolf: the shrinkage toward scale * I that the data support
-        frob = float((cov * cov).sum())
+    if ridge is None:   # Ledoit-Wolf: the shrinkage toward scale * I that the data support
+        frob = float((cov * cov).sum())                     # |S|_F^2 (diagonal: of diag(S))
         spread = frob - d * scale ** 2                      # |S - scale I|_F^2
-        noise = (fourth / n - frob) / n                     # E|x x^T - S|_F^2 / n
-        ridge = min(1.0, max(noise / max(spread, 1e-30), 0.0))
-        weights = torch.linalg.solve((1 - ridge) * cov + ridge * scale * torch.eye(d, dtype=torch.float64), directions)
-    elif full:
-        weights = torch.linalg.solve(cov + ridge * scale * torch.eye(d, dtype=torch.float64), directions)
+        noise = float((fourth if full else fourth.sum()) / n - frob) / n   # E|x x^T - S|_F^2 / n
+        shrink = min(1.0, max(noise / max(spread, 1e-30), 0.0))
+    if full:
+        shrunk = ((1 - shrink) * cov + shrink * scale * torch.eye(d, dtype=torch.float64) if ridge is None
+                  else cov + ridge * scale * torch.eye(d, dtype=torch.float64))
+        weights = torch.linalg.solve(shrunk, directions)
     else:
-        weights = directions / (cov + (ridge or 0.0) * scale)[:, None]
+        # a pixel constant within every class (a black border) has no variance: its weight
+        # multiplies a zero deviation, so any positive floor keeps the score finite
+        shrunk = (1 - shrink) * cov + shrink * scale if ridge is None else cov + ridge * scale
+        weights = directions / shrunk.clamp_min(1e-12)[:, None]
     out = torch.empty(n, dtype=torch.float64)
     for i in range(0, n, chunk):
         y = labels[i:i + chunk]

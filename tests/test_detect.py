@@ -70,8 +70,13 @@ def _dense_scores(images, labels, k, levels, ridge, diagonal=False):
     n, d = xc.shape
     cov = xc.t() @ xc / n
     mu = cov.diagonal().mean()
-    if diagonal:
-        cov = torch.diag(cov.diagonal()) + ridge * mu * torch.eye(d, dtype=torch.float64)
+    if diagonal and ridge is None:   # Ledoit-Wolf toward mu * I, on the diagonal of S alone
+        v = cov.diagonal()
+        beta = float((xc.pow(4).mean(0) - v.pow(2)).sum()) / n
+        shrink = min(1.0, beta / float((v - mu).pow(2).sum()))
+        cov = torch.diag(((1 - shrink) * v + shrink * mu).clamp_min(1e-12))
+    elif diagonal:
+        cov = torch.diag((cov.diagonal() + ridge * mu).clamp_min(1e-12))
     elif ridge is None:
         beta = sum(float(((xi[:, None] * xi[None, :]) - cov).pow(2).sum()) for xi in xc) / n ** 2
         delta = float((cov - mu * torch.eye(d, dtype=torch.float64)).pow(2).sum())
@@ -82,15 +87,18 @@ def _dense_scores(images, labels, k, levels, ridge, diagonal=False):
     return (xc * (torch.linalg.inv(cov) @ u.t()).t()[labels]).sum(1).float()
 
 
-@pytest.mark.parametrize("diagonal, ridge", [(False, None), (False, 1e-3), (True, 1e-3)])
+@pytest.mark.parametrize("diagonal, ridge", [(False, None), (False, 1e-3), (True, None), (True, 1e-3)])
 def test_per_sample_scores_match_the_unchunked_formula(diagonal, ridge, monkeypatch):
     import st_fast.detect as det
 
     if diagonal:   # the path images larger than FULL_COVARIANCE_MAX_DIM values take
         monkeypatch.setattr(det, "FULL_COVARIANCE_MAX_DIM", 10)
     ds = toy_dataset(n=90, classes=3, size=16, seed=4)
-    got = det.per_sample_scores(ds.images, ds.labels, 3, levels=8, ridge=ridge, chunk=7)
-    want = _dense_scores(ds.images, ds.labels, 3, 8, ridge, diagonal=diagonal)
+    images = ds.images.clone()
+    images[:, :, :2] = 0   # constant pixels (as Fashion-MNIST's black borders): no variance there
+    got = det.per_sample_scores(images, ds.labels, 3, levels=8, ridge=ridge, chunk=7)
+    want = _dense_scores(images, ds.labels, 3, 8, ridge, diagonal=diagonal)
+    assert torch.isfinite(got).all()
     assert torch.allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
