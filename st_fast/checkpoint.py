@@ -57,12 +57,17 @@ def _flat(record: dict, prefix: str = "") -> dict:
     return out
 
 
+def record_differences(old: dict, new: dict) -> list[tuple[str, object, object]]:
+    """(dotted key, old value, new value) of every leaf that differs between two nested
+    records, in key order; a leaf missing on one side is '(unset)' there."""
+    a, b = _flat(old), _flat(new)
+    return [(k, a.get(k, "(unset)"), b.get(k, "(unset)")) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
 def check_same_run(path, old: dict, new: dict) -> None:
     """One line naming every field whose value differs between a checkpoint and this run."""
-    a, b = _flat(old), _flat(new)
-    diffs = [f"{k.split('.', 1)[-1] if k.startswith(('train.', 'st.')) else k} "
-             f"{a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}"
-             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    diffs = [f"{k.split('.', 1)[-1] if k.startswith(('train.', 'st.')) else k} {x!r} -> {y!r}"
+             for k, x, y in record_differences(old, new)]
     if diffs:
         raise UserError(f"{path} belongs to another run ({'; '.join(diffs)}); resume with the same "
                         "settings, or start in another --out")

@@ -19,6 +19,7 @@ import dataclasses
 from pathlib import Path
 
 from ..attacks import resolve as resolve_attack
+from ..checkpoint import record_differences
 from ..errors import UserError
 from ..utils import effective_isa
 from .config import BenchConfig, Cell, defence_configs, load_config
@@ -38,17 +39,6 @@ def _settings(cfg: BenchConfig, cell: Cell) -> dict:
         "file": cfg.poison_files.get(cell.attack)}
     return {"dataset": cfg.dataset, "train": train, "st": dataclasses.asdict(scfg),
             "defence": defence.name, "variant": cfg.variants.get(cell.defence, {}), "attack": attack}
-
-
-def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(a) | set(b)):
-        x, y = a.get(k), b.get(k)
-        if isinstance(x, dict) and isinstance(y, dict):
-            out += _differences(x, y, f"{prefix}{k}.")
-        elif x != y:
-            out.append(f"{prefix}{k} {x!r} -> {y!r}")
-    return out
 
 
 def share_cells(cfg: BenchConfig, out: str | Path, sources: list[str | Path], device_type: str,
@@ -74,7 +64,8 @@ def share_cells(cfg: BenchConfig, out: str | Path, sources: list[str | Path], de
             if cell is None or record["result"] is None:
                 continue
             result = record["result"]
-            why = _differences(_settings(src_cfg, cell), _settings(cfg, cell))
+            why = [f"{k} {x!r} -> {y!r}"
+                   for k, x, y in record_differences(_settings(src_cfg, cell), _settings(cfg, cell))]
             if cell.attack != "clean" and cell.attack not in cfg.poison_files:
                 version = resolve_attack(cell.attack).version   # results before versions: 1
                 if result.get("attack_version", 1) != version:
