@@ -57,6 +57,10 @@ def test_resume_half_finished_matrix_and_report(tiny_fashion, tmp_path):
     lines = (out / "results.jsonl").read_text().splitlines()
     assert len(lines) == 4 and all(0 <= json.loads(x)["final_test_acc"] <= 1 for x in lines)
     assert all(json.loads(x)["machine"]["torch"] for x in lines)  # what each result was computed on
+    from st_fast.data.poisoned import load
+
+    sp_digest = load(out / "poisons" / "sp-r1-s0.pt").digest()   # what sharing compares
+    assert {json.loads(x).get("poison_digest") for x in lines} == {None, sp_digest}
     assert "machine.cpu" in (out / "results.csv").read_text().splitlines()[0]
     md = (out / "results.md").read_text()
     assert "| sp |" in md and "| nt | st |" in md

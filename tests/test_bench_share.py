@@ -43,18 +43,86 @@ def _source(tmp_path, raw: dict, machine: dict | None, name: str = "source"):
     return folder
 
 
+def _run_here(out, src, cell_id: str, **changes):
+    """Write the source's record of ``cell_id`` into OUT as a cell run here (a witness)."""
+    from st_fast.bench.report import load_cells, write_cell_dir
+
+    record = load_cells(src)[cell_id]
+    write_cell_dir(out / "cells" / cell_id, {**record, "result": {**record["result"], **changes}})
+
+
+def _poison_file(out, name: str, seed: int = 0) -> str:
+    """A tiny poisoned set at OUT/poisons/<name>; returns its content digest."""
+    import torch
+
+    from st_fast.data.poisoned import PoisonedSet
+
+    g = torch.Generator().manual_seed(seed)
+    ps = PoisonedSet(torch.randint(0, 256, (8, 1, 4, 4), dtype=torch.uint8, generator=g),
+                     torch.arange(8) % 2, torch.arange(8), {"attack": "sp"})
+    ps.save(out / "poisons" / name)
+    return ps.digest()
+
+
 def test_identical_cells_are_shared_with_their_source(tmp_path):
     src = _source(tmp_path, BASE, AVX2_MACHINE)
     target = parse_config(json.loads(json.dumps({**BASE, "seeds": [0, 1]})))
     out = tmp_path / "out"
+    _run_here(out, src, "sp-r1-small-resnet-nt-s0")   # the witness that sp's poison is the source's
     ids = share_cells(target, out, [src], "cpu", AVX512_LIMITED, verbose=False)
-    assert sorted(ids) == sorted(c.id for c in target.cells() if c.seed == 0)
-    results = {r["cell"]: r for r in collect_results([out])}
+    assert sorted(ids) == sorted(c.id for c in target.cells() if c.seed == 0 and c.id != "sp-r1-small-resnet-nt-s0")
+    results = {r["cell"]: r for r in collect_results([out]) if r["cell"] in ids}
     assert set(results) == set(ids)
     assert all(r["shared_from"] == "source" for r in results.values())
     assert json.loads((out / "cells" / ids[0] / "history.json").read_text()) == [{"epoch": 1, "test_acc": 0.5}]
     # a second call finds them finished and copies nothing
     assert share_cells(target, out, [src], "cpu", AVX512_LIMITED, verbose=False) == []
+
+
+CLEAN_IDS = ["clean-small-resnet-nt-cg-ft-s0", "clean-small-resnet-nt-s0"]
+
+
+def test_a_poisoned_cell_without_a_witness_is_not_shared(tmp_path, capsys):
+    # the source predates poison digests and nothing of sp ran here: its poison may be another
+    src = _source(tmp_path, BASE, AVX2_MACHINE)
+    ids = share_cells(parse_config(json.loads(json.dumps(BASE))), tmp_path / "out", [src], "cpu", AVX2_MACHINE)
+    assert sorted(ids) == CLEAN_IDS
+    assert "no cell of its sp poison run here" in capsys.readouterr().out
+
+
+def test_a_witness_that_differs_stops_the_sharing(tmp_path, capsys):
+    # the committed em-class case: the same parameters crafted another poison on this machine
+    src = _source(tmp_path, BASE, AVX2_MACHINE)
+    out = tmp_path / "out"
+    _run_here(out, src, "sp-r1-small-resnet-nt-s0", test_acc_curve=[0.49])
+    ids = share_cells(parse_config(json.loads(json.dumps(BASE))), out, [src], "cpu", AVX2_MACHINE)
+    assert sorted(ids) == CLEAN_IDS
+    assert "poison sp differs: witness sp-r1-small-resnet-nt-s0 test_acc_curve" in capsys.readouterr().out
+
+
+def test_a_source_with_poison_digests_is_shared_only_on_the_same_poison(tmp_path, capsys):
+    src = _source(tmp_path, BASE, AVX2_MACHINE)
+    digest = _poison_file(tmp_path / "elsewhere", "sp-r1-s0.pt")
+    lines = [json.loads(line) for line in (src / "cells.jsonl").read_text().splitlines()]
+    for line in lines:
+        if line["cell"].startswith("sp-"):
+            line["result"]["poison_digest"] = digest
+    (src / "cells.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    target = parse_config(json.loads(json.dumps(BASE)))
+    sp_ids = ["sp-r1-small-resnet-nt-cg-ft-s0", "sp-r1-small-resnet-nt-s0"]
+
+    out = tmp_path / "not-yet"     # the poison is not made here yet: nothing to compare
+    assert sorted(share_cells(target, out, [src], "cpu", AVX2_MACHINE)) == CLEAN_IDS
+    assert "not made here yet" in capsys.readouterr().out
+
+    out = tmp_path / "other"       # another poison here
+    _poison_file(out, "sp-r1-s0.pt", seed=1)
+    assert sorted(share_cells(target, out, [src], "cpu", AVX2_MACHINE)) == CLEAN_IDS
+    assert f"poison sp differs (digest {digest[:12]}" in capsys.readouterr().out
+
+    out = tmp_path / "same"        # the same content, no witness needed
+    _poison_file(out, "sp-r1-s0.pt")
+    assert sorted(share_cells(target, out, [src], "cpu", AVX2_MACHINE, verbose=False)) == sorted(CLEAN_IDS + sp_ids)
 
 
 @pytest.mark.parametrize("change, shared_ids", [
@@ -112,11 +180,13 @@ def test_bench_share_from_flag_copies_before_running(tmp_path, monkeypatch):
     cfg = tmp_path / "b.yaml"
     cfg.write_text(yaml.safe_dump(BASE))
     out = tmp_path / "out"
+    _run_here(out, src, "sp-r1-small-resnet-nt-s0", shared_from="a test")   # counts as shared
+    _run_here(out, src, "sp-r1-small-resnet-nt-cg-ft-s0")   # the witness: run here
     # every cell is shared, so the bench has nothing left to train and only writes its reports
     assert main(["bench", "--config", str(cfg), "--out", str(out), "--share-from", str(src)]) == 0
     assert sorted(r["cell"] for r in collect_results([out])) == sorted(c.id for c in parse_config(BASE).cells())
     rows = list(csv.DictReader(open(out / "results.csv")))
-    assert len(rows) == 4 and {r["shared_from"] for r in rows} == {"source"}
+    assert len(rows) == 4 and {r["shared_from"] for r in rows} == {"source", "a test", ""}
 
 
 def test_a_cell_a_worker_is_running_is_left_to_it(tmp_path):
@@ -125,13 +195,14 @@ def test_a_cell_a_worker_is_running_is_left_to_it(tmp_path):
     src = _source(tmp_path, BASE, AVX2_MACHINE)
     target = parse_config(json.loads(json.dumps(BASE)))
     out = tmp_path / "out"
+    _run_here(out, src, "sp-r1-small-resnet-nt-cg-ft-s0")
     running = Claim(out / "cells" / "sp-r1-small-resnet-nt-s0")
     assert running.acquire()
     try:
         ids = share_cells(target, out, [src], "cpu", AVX2_MACHINE, verbose=False)
     finally:
         running.release()
-    assert "sp-r1-small-resnet-nt-s0" not in ids and len(ids) == 3
+    assert "sp-r1-small-resnet-nt-s0" not in ids and len(ids) == 2
     assert not (out / "cells" / "sp-r1-small-resnet-nt-s0").exists()
 
 

@@ -127,14 +127,24 @@ def generate_poison(path: Path, cfg: BenchConfig, cell: Cell, device: str) -> No
     print(f"[bench] {cell.attack} ready in {time.perf_counter() - t0:.0f} s -> {path}", file=sys.stderr)
 
 
+def poison_digest(path: str | Path) -> str:
+    """The SHA-256 of a poisoned set's content (images, labels, indices) that its file carries
+    and ``data.load_poisoned`` verifies: equal digests, the same training data."""
+    from ..data.poisoned import load
+
+    return load(path).digest()
+
+
 def poison_fields(out: Path, cfg: BenchConfig, cell: Cell) -> dict:
-    """What a cell's result records of its poison: for an imported file, its path and SHA-256;
-    for a generated one, its attack's version (``AttackSpec.version``)."""
+    """What a cell's result records of its poison: the content digest of the set it trained on
+    (``poison_digest``, which sharing compares), and for an imported file its path and SHA-256,
+    for a generated one its attack's version (``AttackSpec.version``)."""
     if cell.attack == "clean":
         return {}
+    digest = {"poison_digest": poison_digest(poison_path(out, cfg, cell))}
     if cell.attack not in cfg.poison_files:
         from ..attacks import resolve
 
-        return {"attack_version": resolve(cell.attack).version}
+        return {"attack_version": resolve(cell.attack).version, **digest}
     source = json.loads((out / "poisons" / f"{cell.attack}.source.json").read_text())
-    return {"poison_file": source["path"], "poison_sha256": source["sha256"]}
+    return {"poison_file": source["path"], "poison_sha256": source["sha256"], **digest}

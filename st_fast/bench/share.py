@@ -7,10 +7,12 @@ OUT instead of being run again.
 
 The copy is the source's record, written as a cell folder (``report.write_cell_dir``) whose
 result.json gains ``shared_from`` (the source study's name), so every table says where a number
-came from. What a config cannot show is the code: a change that makes another poison under the
-same parameters bumps the attack's version (``AttackSpec.version``), which is compared; any
-other unannounced change is caught only by re-running one shared cell per attack and comparing
-it with the shared one (docs/bench.md).
+came from. What a config cannot show is the poison: the same parameters can make another one
+(changed attack code, which bumps ``AttackSpec.version``, compared; or a machine that crafts
+differently). So a generated poison's cells are shared only when the poison is shown to be
+the same: by its content digest (``poison_digest``, which results record since it existed),
+or, for a source older than that, by a witness: a cell of the same poisoned set run here whose
+result (curve, final and peak accuracy) is the source's bit for bit (docs/bench.md).
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ from ..checkpoint import record_differences
 from ..errors import UserError
 from ..utils import effective_isa
 from .config import BenchConfig, Cell, defence_configs, load_config
+from .poisons import poison_digest, poison_path
 from .report import load_cells, write_cell_dir
 from .runner import Claim
 
 # fields of TrainConfig that say where a run was, not what it was
 WHERE_FIELDS = ("poison", "device", "data_root", "download")
+# what a witness must reproduce bit for bit: two poisons that differ at all train otherwise
+WITNESS_FIELDS = ("final_test_acc", "peak_test_acc_oracle", "test_acc_curve", "epochs_run", "rollbacks")
 
 
 def _settings(cfg: BenchConfig, cell: Cell) -> dict:
@@ -52,6 +57,10 @@ def share_cells(cfg: BenchConfig, out: str | Path, sources: list[str | Path], de
     copied; cells that differ are listed with their first difference when ``verbose``."""
     out = Path(out)
     wanted = {c.id: c for c in cfg.cells() if not (out / "cells" / c.id / "result.json").exists()}
+    # cells run here (not copied): the witnesses of sources that predate poison digests
+    here = {i: r["result"] for i, r in load_cells(out).items()
+            if r["result"] is not None and "shared_from" not in r["result"]}
+    digests = {}   # poison path -> content digest, read once
     copied = []
     for source in sources:
         source = Path(source)
@@ -59,7 +68,8 @@ def share_cells(cfg: BenchConfig, out: str | Path, sources: list[str | Path], de
             raise UserError(f"{source}: not a bench folder (no bench.yaml); name a study folder "
                             f"such as benchmarks/results/st_findings")
         src_cfg = load_config(source / "bench.yaml")
-        for cell_id, record in load_cells(source).items():
+        source_cells = load_cells(source)
+        for cell_id, record in source_cells.items():
             cell = wanted.get(cell_id)
             if cell is None or record["result"] is None:
                 continue
@@ -71,6 +81,7 @@ def share_cells(cfg: BenchConfig, out: str | Path, sources: list[str | Path], de
                 if result.get("attack_version", 1) != version:
                     why.append(f"attack {cell.attack} version {result.get('attack_version', 1)} -> {version} "
                                f"(the same parameters make another poison now)")
+                why += same_poison(cfg, out, cell, result, source_cells, here, digests)
             if result.get("device", device_type).split(":")[0] != device_type:
                 why.append(f"device {result['device']} -> {device_type}")
             src_machine = result.get("machine") or {}
@@ -97,3 +108,33 @@ def share_cells(cfg: BenchConfig, out: str | Path, sources: list[str | Path], de
             if verbose:
                 print(f"[share] {cell_id}: shared from {source.name}")
     return copied
+
+
+def same_poison(cfg: BenchConfig, out: Path, cell: Cell, result: dict, source_cells: dict,
+                here: dict, digests: dict) -> list[str]:
+    """Why the source's poisoned set of ``cell`` may not be this study's ([] when it is): the
+    content digests differ, or (a source without digests) no cell of this set run here
+    reproduces the source's record, or one contradicts it."""
+    path = poison_path(out, cfg, cell)
+    if "poison_digest" in result:
+        if not path.exists():
+            return [f"its {cell.attack} poison is not made here yet (shared once it is, if equal)"]
+        if path not in digests:
+            digests[path] = poison_digest(path)
+        if digests[path] != result["poison_digest"]:
+            return [f"poison {cell.attack} differs (digest {result['poison_digest'][:12]} -> "
+                    f"{digests[path][:12]})"]
+        return []
+    same_set = {c.id for c in cfg.cells() if (c.attack, c.ratio) == (cell.attack, cell.ratio)}
+    witnesses = [i for i in sorted(same_set & here.keys())
+                 if (source_cells.get(i) or {}).get("result") is not None]
+    if not witnesses:
+        return [f"no cell of its {cell.attack} poison run here to compare with (a source without "
+                f"poison digests needs one: run e.g. {cell.attack}...-nt-s0 first)"]
+    for i in witnesses:
+        theirs = source_cells[i]["result"]
+        diff = [k for k in WITNESS_FIELDS if here[i].get(k) != theirs.get(k)]
+        if diff:
+            return [f"poison {cell.attack} differs: witness {i} {diff[0]} {theirs.get(diff[0])!r} "
+                    f"there, {here[i].get(diff[0])!r} here"]
+    return []

@@ -68,6 +68,12 @@ class PoisonedSet:
     def save(self, path: str | Path) -> Path:
         return save(self, path)
 
+    def digest(self) -> str:
+        """SHA-256 of the content (images, labels, indices): what the file's checksum holds."""
+        return _digest(self.images.detach().cpu().contiguous(),
+                       self.labels.detach().cpu().to(torch.int64).contiguous(),
+                       self.indices.detach().cpu().to(torch.int64).contiguous())
+
     def describe(self) -> str:
         return (f"{self.attack} on {self.meta.get('dataset', '?')}: {len(self.indices)}/{len(self)} samples "
                 f"poisoned ({self.meta.get('norm')} <= {self.meta.get('eps')})")
