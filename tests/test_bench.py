@@ -151,3 +151,24 @@ def test_summary_table_and_report_section_of_the_config(tmp_path):
     with pytest.raises(UserError, match="'report' takes"):
         parse_config(_raw(tmp_path, report={"colour": 1}))
     assert parse_config(_raw(tmp_path, report={"summary": ["st"], "paired": ["st:nt"]})).report
+
+
+def test_share_from_runs_again_before_each_cell(tiny_fashion, tmp_path):
+    # a poisoned set's cells become shareable once this study has made the poison (equal
+    # digest): the first sp cell runs here, the second is copied instead of trained
+    import yaml
+
+    raw = _raw(tiny_fashion)
+    source = tmp_path / "source"
+    run_bench(parse_config(raw), source, device="cpu")
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out"
+    assert main(["bench", "--config", str(tmp_path / "b.yaml"), "--out", str(out), "--share-from", str(source)]) == 0
+    here = {r["cell"]: r for r in collect_results([out])}
+    there = {r["cell"]: r for r in collect_results([source])}
+    assert {c: r.get("shared_from") for c, r in here.items()} == {
+        "clean-small-resnet-nt-s0": "t", "clean-small-resnet-st-s0": "t",
+        "sp-r1-small-resnet-nt-s0": None, "sp-r1-small-resnet-st-s0": "t"}
+    ran = "sp-r1-small-resnet-nt-s0"   # the same poison and training here as there, bit for bit
+    assert here[ran]["poison_digest"] == there[ran]["poison_digest"]
+    assert here[ran]["test_acc_curve"] == there[ran]["test_acc_curve"]

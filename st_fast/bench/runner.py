@@ -29,6 +29,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import UserError
@@ -147,10 +148,12 @@ def finished(out: Path, cell: Cell) -> bool:
 
 def run_bench(cfg: BenchConfig, out: str | Path, device: str = "auto", progress: bool = False,
               only: str | list[str] | None = None, poll_s: float = 5.0, executor: str = "serial",
-              ray_options=None, quiet: bool = False) -> list[dict]:
+              ray_options=None, quiet: bool = False, before_cell: Callable[[], object] | None = None) -> list[dict]:
     """Run every unfinished cell (or those matching ``only``) with ``executor``, then write the
-    reports. ``ray_options``: a ``ray_executor.RayOptions`` (executor "ray"). Cells that fail
-    (after their retries, under Ray) raise :class:`CellsFailed` once the others are done."""
+    reports. ``ray_options``: a ``ray_executor.RayOptions`` (executor "ray"). ``before_cell``
+    (serial only): called before each cell is claimed, e.g. to share cells that became
+    shareable meanwhile (bench.share); a cell it finished is skipped. Cells that fail (after
+    their retries, under Ray) raise :class:`CellsFailed` once the others are done."""
     import yaml
 
     from .report import collect_results, write_reports
@@ -177,7 +180,7 @@ def run_bench(cfg: BenchConfig, out: str | Path, device: str = "auto", progress:
 
         run_ray(cfg, out, cells, device, ray_options or RayOptions(), tracker, report)
     else:
-        run_serial(cfg, out, cells, device, progress, poll_s, tracker, report)
+        run_serial(cfg, out, cells, device, progress, poll_s, tracker, report, before_cell)
     results = collect_results([out])
     write_reports(results, out)
     failures = {c: e for c, e in tracker.errors.items() if tracker.state.get(c) == "failed"}
@@ -187,7 +190,7 @@ def run_bench(cfg: BenchConfig, out: str | Path, device: str = "auto", progress:
 
 
 def run_serial(cfg: BenchConfig, out: Path, cells: list[Cell], device: str, progress: bool,
-               poll_s: float, tracker: Progress, report) -> None:
+               poll_s: float, tracker: Progress, report, before_cell=None) -> None:
     """Cells one by one in this process (poison files imported first, so a bad one stops the
     bench before anything trains); cells claimed by other workers are left to them."""
     files = {c.attack: c for c in cells if c.attack in cfg.poison_files and not finished(out, c)}
@@ -202,6 +205,8 @@ def run_serial(cfg: BenchConfig, out: Path, cells: list[Cell], device: str, prog
     while pending:
         waiting_for_poison = []
         for cell in pending:
+            if before_cell is not None:
+                before_cell()
             claim = Claim(out / "cells" / cell.id)
             if not claim.acquire():
                 print(f"[bench] {cell.id}: claimed by another worker, skipped", file=sys.stderr)

@@ -27,7 +27,9 @@ def add_parser(sub) -> None:
     p.add_argument("--share-from", action="append", default=None, metavar="DIR",
                    help="a finished study folder (e.g. benchmarks/results/st_policy): its cells "
                         "run with the same settings on the same CPU kernels are copied in, not "
-                        "run again (repeatable; docs/bench.md)")
+                        "run again; checked when the bench starts and again before each cell (serial executor), "
+                        "so cells whose poison is shown to be the source's meanwhile are copied too "
+                        "(repeatable; docs/bench.md)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--dry-run", action="store_true", help="list the cells and exit")
     p.add_argument("--progress", action="store_true", help="show per-batch progress bars (serial)")
@@ -69,16 +71,26 @@ def run(args: argparse.Namespace) -> int:
             if matches(c.id, args.only):
                 print(c.id)
         return 0
+    share = None
     if args.share_from:
         from ..bench.share import share_cells
         from ..utils import machine_info, resolve_device
 
         device = resolve_device(args.device)
-        copied = share_cells(cfg, out, args.share_from, device.type, machine_info(device), verbose=False)
-        print(f"[bench] {len(copied)} cell(s) shared from {', '.join(args.share_from)}", file=sys.stderr)
+        machine = machine_info(device)
+
+        def share() -> list[str]:
+            # again before every cell: a witness or a poison finished meanwhile can make more shareable
+            copied = share_cells(cfg, out, args.share_from, device.type, machine, verbose=False)
+            if copied:
+                print(f"[bench] {len(copied)} cell(s) shared from {', '.join(args.share_from)}", file=sys.stderr)
+            return copied
+
+        if not share():
+            print(f"[bench] 0 cell(s) shared from {', '.join(args.share_from)}", file=sys.stderr)
     try:
         run_bench(cfg, out, device=args.device, progress=args.progress, only=args.only,
-                  executor=args.executor, ray_options=ray_options)
+                  executor=args.executor, ray_options=ray_options, before_cell=share)
     except CellsFailed as err:
         print(f"st-fast bench: {err}", file=sys.stderr)
         print(f"the other cells' results are in {out}/; rerun the same command to retry the failed ones",
