@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
 
-def _value(text: str):
-    """Parse a --param value: JSON number/bool/list if it is one, a fraction like 8/255, else text."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        pass
-    if "/" in text:
-        num, _, den = text.partition("/")
-        try:
-            return float(num) / float(den)
-        except (ValueError, ZeroDivisionError):
-            pass
-    return text
-
-
 def _eps(text: str) -> float:
     from ..errors import UserError
+    from .values import parse_value
 
-    v = _value(text)
+    v = parse_value(text, "--eps")
     if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
         raise UserError(f"expected a number > 0 or a fraction like 8/255, got {text!r}")
     return float(v)
@@ -89,15 +74,9 @@ def add_parser(sub) -> None:
 
 
 def _params(items: list[str]) -> dict:
-    from ..errors import UserError
+    from .values import parse_key_values
 
-    params = {}
-    for item in items:
-        key, sep, val = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"--param needs KEY=VALUE, got {item!r}")
-        params[key.replace("-", "_")] = _value(val)
-    return params
+    return parse_key_values(items, "--param", "eps=8/255")
 
 
 def _refuse(args: argparse.Namespace, flags: dict, why: str) -> None:

@@ -40,8 +40,9 @@ def add_parser(sub) -> None:
                         "per-batch step and training defaults")
     p.add_argument("--defence-param", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting of the defence in place of its default, e.g. width=64 for d-vae "
-                        "(repeatable; VALUE is read as YAML: 64, 5e-3, [1.0, 3.0]; docs/defences.md "
-                        "lists each defence's settings)")
+                        "(repeatable; VALUE as for `st-fast poison --param`: JSON such as 64, 5e-3, "
+                        "[1.0, 3.0], a fraction such as 8/255, else text; docs/defences.md lists each "
+                        "defence's settings)")
     p.add_argument("--out", default=None, help="run directory (default runs/<method>-<dataset>-<arch>-s<seed>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint "
                    "(refused if any setting that changes the result differs)")
@@ -55,22 +56,10 @@ def add_parser(sub) -> None:
 
 
 def parse_defence_params(items: list[str]) -> dict:
-    """["width=64", "kl_targets=[1, 3]"] -> {"width": 64, "kl_targets": [1, 3]} (values as YAML)."""
-    import yaml
+    """["width=64", "kl_targets=[1, 3]"] -> {"width": 64, "kl_targets": [1, 3]} (commands.values)."""
+    from .values import parse_key_values
 
-    from ..errors import UserError
-
-    params = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--defence-param wants KEY=VALUE (e.g. width=64), got {item!r}")
-        try:
-            params[key.strip()] = yaml.safe_load(text)
-        except yaml.YAMLError:
-            raise UserError(f"--defence-param {key}: {text!r} is not a value (a number, true/false, "
-                            f"or a list such as [1.0, 3.0])") from None
-    return params
+    return parse_key_values(items, "--defence-param", "width=64")
 
 
 def run(args: argparse.Namespace) -> int:
