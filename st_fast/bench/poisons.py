@@ -129,7 +129,7 @@ def generate_poison(path: Path, cfg: BenchConfig, cell: Cell, device: str) -> No
 
 def poison_digest(path: str | Path) -> str:
     """The SHA-256 of a poisoned set's content (images, labels, indices) that its file carries
-    and ``data.load_poisoned`` verifies: equal digests, the same training data."""
+    and ``data.poisoned.load`` verifies: equal digests, the same training data."""
     from ..data.poisoned import load
 
     return load(path).digest()

@@ -125,9 +125,9 @@ def same_poison(cfg: BenchConfig, out: Path, cell: Cell, result: dict, source_ce
             return [f"poison {cell.attack} differs (digest {result['poison_digest'][:12]} -> "
                     f"{digests[path][:12]})"]
         return []
-    same_set = {c.id for c in cfg.cells() if (c.attack, c.ratio) == (cell.attack, cell.ratio)}
-    witnesses = [i for i in sorted(same_set & here.keys())
-                 if (source_cells.get(i) or {}).get("result") is not None]
+    witnesses = [i for i, r in sorted(here.items())
+                 if (r.get("attack"), r.get("ratio")) == (cell.attack, cell.ratio)
+                 and (source_cells.get(i) or {}).get("result") is not None]
     if not witnesses:
         return [f"no cell of its {cell.attack} poison run here to compare with (a source without "
                 f"poison digests needs one: run e.g. {cell.attack}...-nt-s0 first)"]
