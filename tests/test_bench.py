@@ -118,6 +118,31 @@ def test_workers_pass_over_claimed_cells_and_take_over_stale_claims(tiny_fashion
     assert Claim(out / "poisons" / "sp.pt").acquire()
 
 
+def test_cells_other_workers_ran_leave_the_running_count(tiny_fashion, tmp_path):
+    from st_fast.bench.progress import Progress
+    from st_fast.bench.runner import Claim, sync_others
+
+    cfg = parse_config(_raw(tiny_fashion))
+    out = tmp_path / "bench"
+    cells = cfg.cells()[:3]
+    tracker = Progress(out, [c.id for c in cells], "serial", quiet=True)
+    for c in cells:   # each was passed over while another worker held its claim
+        tracker.state[c.id] = "running"
+    done, given_up, held = cells
+    (out / "cells" / done.id).mkdir(parents=True)
+    (out / "cells" / done.id / "result.json").write_text("{}")
+    claim = Claim(out / "cells" / held.id)
+    assert claim.acquire()
+    try:
+        sync_others(out, cells, tracker)
+        assert [tracker.state[c.id] for c in cells] == ["done", "left", "running"]
+        assert tracker.counts() == {"done": 1, "running": 1, "failed": 0, "left": 1}
+    finally:
+        claim.release()
+    sync_others(out, cells, tracker)
+    assert tracker.state[held.id] == "left"
+
+
 def test_paired_differences_pair_runs_by_seed(capsys, tmp_path):
     from st_fast.bench.report import paired_differences
 

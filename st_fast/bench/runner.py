@@ -189,6 +189,19 @@ def run_bench(cfg: BenchConfig, out: str | Path, device: str = "auto", progress:
     return results
 
 
+def sync_others(out: Path, cells: list[Cell], tracker: Progress) -> None:
+    """Between this worker's cells, every cell marked running is another worker's: done once its
+    result exists, left again once its claim is gone, so the counts and the ETA (which divides by
+    the most cells seen running at once) describe the matrix, not a stale view of it."""
+    for c in cells:
+        if tracker.state.get(c.id) != "running":
+            continue
+        if finished(out, c):
+            tracker.skipped(c.id)
+        elif not Claim(out / "cells" / c.id).path.exists():
+            tracker.state[c.id] = "left"
+
+
 def run_serial(cfg: BenchConfig, out: Path, cells: list[Cell], device: str, progress: bool,
                poll_s: float, tracker: Progress, report, before_cell=None) -> None:
     """Cells one by one in this process (poison files imported first, so a bad one stops the
@@ -205,6 +218,7 @@ def run_serial(cfg: BenchConfig, out: Path, cells: list[Cell], device: str, prog
     while pending:
         waiting_for_poison = []
         for cell in pending:
+            sync_others(out, cells, tracker)
             if before_cell is not None:
                 before_cell()
             claim = Claim(out / "cells" / cell.id)
