@@ -103,6 +103,15 @@ def effective_isa(machine: dict) -> list[str]:
     return isa
 
 
+def machine_type(machine: dict | None) -> str:
+    """A result's machine type, the unit within which CPU results are bit-reproducible and so
+    may be paired: the CPU model and the instruction sets its kernels could use."""
+    if not machine or not machine.get("cpu"):
+        return "unrecorded"
+    isa = effective_isa(machine)
+    return f"{machine['cpu']} ({'+'.join(isa) if isa else 'no AVX2'})"
+
+
 def machine_info(device: torch.device | None = None) -> dict:
     """What a result was computed on. CPU training is bit-reproducible on one machine type but
     not across CPU types (different SIMD kernels round differently), so results record it."""

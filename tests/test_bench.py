@@ -197,3 +197,31 @@ def test_share_from_runs_again_before_each_cell(tiny_fashion, tmp_path):
     ran = "sp-r1-small-resnet-nt-s0"   # the same poison and training here as there, bit for bit
     assert here[ran]["poison_digest"] == there[ran]["poison_digest"]
     assert here[ran]["test_acc_curve"] == there[ran]["test_acc_curve"]
+
+
+def test_runs_on_different_machine_types_are_never_paired_or_compared():
+    from st_fast.bench.report import markdown_tables, paired_differences, select_by_validation
+    from st_fast.utils import machine_type
+
+    amd = {"cpu": "AMD EPYC", "cpu_isa": ["avx2", "avx512f", "fma"], "kernel_isa": {"aten": "AVX2", "dnnl": "AVX2"}}
+    amd_avx2 = {"cpu": "AMD EPYC", "cpu_isa": ["avx2", "fma"]}
+    intel = {"cpu": "Intel(R) Xeon(R) Processor", "cpu_isa": ["avx2", "avx512f", "fma"]}
+    # an AVX-512 EPYC limited to AVX2 is the AVX2-only EPYC's type; an Intel Xeon is not
+    assert machine_type(amd) == machine_type(amd_avx2) == "AMD EPYC (avx2+fma)"
+    assert machine_type(intel) != machine_type(amd) and machine_type(None) == "unrecorded"
+
+    def r(defence, seed, acc, machine, val=0.5):
+        return {"dataset": "d", "attack": "sp", "arch": "a", "ratio": 1.0, "seed": seed, "defence": defence,
+                "final_test_acc": acc, "peak_test_acc_oracle": acc, "val_acc": val, "wall_s": 1.0,
+                "rollbacks": 0, "machine": machine}
+
+    rows = [r("st", 0, 0.80, amd), r("nt", 0, 0.70, amd_avx2),        # one type: paired
+            r("st", 1, 0.90, intel), r("nt", 1, 0.10, amd),           # two types: left out
+            r("st-a", 0, 0.99, intel, val=0.9),                       # st-val on seed 0: not chosen
+            r("st", 2, 0.50, amd), r("nt", 2, 0.30, None)]            # an unrecorded machine: kept
+    md = paired_differences(rows, [("st", "nt")])
+    assert "| st − nt | +15.0 ± 7.1 (2/0/0) |" in md
+    assert "Left out: 1 pair(s) whose two runs ran on different machine types." in md
+    assert select_by_validation(rows, {"st-val": ["st", "st-a"]}) == []
+    assert "Machine types: AMD EPYC (avx2+fma): 4 runs; Intel(R) Xeon(R) Processor (avx2+avx512f+fma): 2 runs; unrecorded: 1 runs" \
+        in markdown_tables(rows)

@@ -12,11 +12,11 @@ from __future__ import annotations
 import csv
 import json
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from ..errors import UserError
-from ..utils import atomic_write_text
+from ..utils import atomic_write_text, machine_type
 
 CELLS_FILE = "cells.jsonl"
 
@@ -122,10 +122,16 @@ def _mean_std(xs: list[float]) -> str:
     return f"{m:.2f} ± {statistics.stdev(xs) * 100:.2f}"
 
 
+def _one_machine_type(runs) -> bool:
+    """Whether runs may be compared: no two recorded different machine types."""
+    return len({machine_type(r.get("machine")) for r in runs} - {"unrecorded"}) <= 1
+
+
 def select_by_validation(results: list[dict], select: dict[str, list[str]]) -> list[dict]:
     """Pseudo-cells: for each (dataset, arch, ratio, attack, seed) and each selection name, the
     candidate defence with the best accuracy on the clean validation images (first on ties).
-    The test accuracy of the chosen run is reported; the test set played no part in the choice."""
+    The test accuracy of the chosen run is reported; the test set played no part in the choice.
+    Candidates that ran on different machine types are not compared (nothing is chosen)."""
     out = []
     for name, among in select.items():
         groups = defaultdict(dict)
@@ -135,6 +141,8 @@ def select_by_validation(results: list[dict], select: dict[str, list[str]]) -> l
         for runs in groups.values():
             if set(runs) != set(among):
                 continue  # choose only once every candidate has finished
+            if not _one_machine_type(runs.values()):
+                continue
             best = max(among, key=lambda d: runs[d]["val_acc"])
             out.append({**runs[best], "defence": name, "chosen": best})
     return out
@@ -169,6 +177,8 @@ def markdown_tables(results: list[dict], select: dict | None = None) -> str:
             cell[(r["attack"], r["defence"])].append(r)
         seeds = sorted({r["seed"] for r in rs})
         out.append(f"### {dataset}, {arch}, protection ratio {ratio:g} (seeds {', '.join(map(str, seeds))})\n")
+        machines = Counter(machine_type(r.get("machine")) for r in rs if "chosen" not in r)
+        out.append("Machine types: " + "; ".join(f"{m}: {n} runs" for m, n in sorted(machines.items())) + "\n")
         out.append("Clean test accuracy %: final, mean ± std over seeds [peak over epochs: oracle, "
                    "never used for selection]\n")
         out += _grid(attacks, defences, cell, lambda c: (
@@ -213,17 +223,29 @@ def summary_table(results: list[dict], columns: list[str], select: dict | None =
 
 def paired_differences(results: list[dict], pairs: list[tuple[str, str]], select: dict | None = None) -> str:
     """Markdown: for each pair (A, B) and attack, final accuracy of A minus B in points, paired
-    by seed (same poison, same initialisation): mean ± std, how many seeds A won / tied / lost."""
+    by seed (same poison, same initialisation): mean ± std, how many seeds A won / tied / lost.
+    A pair whose two runs were computed on different machine types (``utils.machine_type``)
+    is left out and counted: its difference would mix the method's effect with the kernels'.
+    Runs that recorded no machine (studies before 2026-12-01; their READMEs name it) are kept."""
     results = results + select_by_validation(results, select or {})
-    final = {(r["attack"], r["defence"], r["seed"], r["arch"], r["ratio"]): r["final_test_acc"] for r in results}
+    runs = {(r["attack"], r["defence"], r["seed"], r["arch"], r["ratio"]): r for r in results}
     attacks = list(dict.fromkeys(r["attack"] for r in results))
-    lines = ["Paired differences (final clean test accuracy, points; same attack, seed, arch, ratio):\n",
+    lines = ["Paired differences (final clean test accuracy, points; same attack, seed, arch, ratio "
+             "and machine type):\n",
              "| A − B | " + " | ".join(attacks) + " |", "|---|" + "---|" * len(attacks)]
+    mixed = 0
     for a, b in pairs:
         row = []
         for attack in attacks:
-            d = [100 * (final[k] - final[(attack, b, *k[2:])]) for k in final
-                 if k[0] == attack and k[1] == a and (attack, b, *k[2:]) in final]
+            d = []
+            for k, ra in runs.items():
+                rb = runs.get((attack, b, *k[2:]))
+                if k[0] != attack or k[1] != a or rb is None:
+                    continue
+                if not _one_machine_type([ra, rb]):
+                    mixed += 1
+                    continue
+                d.append(100 * (ra["final_test_acc"] - rb["final_test_acc"]))
             if not d:
                 row.append("–")
                 continue
@@ -232,7 +254,10 @@ def paired_differences(results: list[dict], pairs: list[tuple[str, str]], select
             mean = round(statistics.fmean(d), 1) + 0.0  # no "-0.0"
             row.append(f"{mean:+.1f}{spread} ({won}/{tied}/{len(d) - won - tied})")
         lines.append(f"| {a} − {b} | " + " | ".join(row) + " |")
-    return "\n".join(lines + ["", "In brackets: seeds where A won / tied (within 0.05) / lost.", ""])
+    lines += ["", "In brackets: seeds where A won / tied (within 0.05) / lost."]
+    if mixed:
+        lines.append(f"Left out: {mixed} pair(s) whose two runs ran on different machine types.")
+    return "\n".join(lines + [""])
 
 
 def results_csv(results: list[dict]) -> str:
