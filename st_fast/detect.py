@@ -330,7 +330,71 @@ def per_sample_scores(images: torch.Tensor, labels: torch.Tensor, num_classes: i
                       levels: int = DEFAULTS["levels"], ridge: float | None = PER_SAMPLE_RIDGE,
                       chunk: int = 8192) -> torch.Tensor:
     """(N,) scores, higher = more likely poisoned: how strongly each image carries its class's
-    shared small pattern. A class-wise poison adds one pattern d_y to the poisoned images of
+    shared pattern, by two views of it, each standardised within its class (median 0, std 1:
+    only the ranking within a class matters, and the classes' pattern strengths differ) and
+    summed. ``residual_direction_scores`` sees a fine pattern (what the reference copy removes)
+    along the class's mean residual; ``exact_value_scores`` sees a pattern the reference copy
+    keeps (coarse blocks) through the exact pixel values it makes common in its class. Chosen on
+    planted development patterns only (docs/detect.md)."""
+    parts = (residual_direction_scores(images, labels, num_classes, levels, ridge, chunk),
+             exact_value_scores(images, labels, num_classes, chunk=chunk))
+    return sum(standardise_within_class(s, labels, num_classes) for s in parts).float()
+
+
+def standardise_within_class(scores: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Scores shifted to median 0 and scaled to std 1 within each class (a class of one image,
+    or of equal scores, gets 0)."""
+    out = torch.zeros(len(scores), dtype=torch.float64)
+    for c in range(num_classes):
+        member = labels == c
+        if int(member.sum()) < 2:
+            continue
+        s = scores[member].double()
+        spread = float(s.std())
+        out[member] = (s - s.median()) / spread if spread > 0 else 0.0
+    return out
+
+
+# Laplace's add-one: a value never seen at a pixel in a class is as likely as one seen once
+EXACT_VALUE_PRIOR = 1.0
+
+
+def exact_value_scores(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                       prior: float = EXACT_VALUE_PRIOR, chunk: int = 8192) -> torch.Tensor:
+    """(N,) float64: how much more common each pixel's exact value is, at that position, in the
+    image's class than in the other classes: the log-likelihood ratio of a naive Bayes model over
+    exact 8-bit values, summed over pixels, leaving the image itself out of its class's counts.
+    A class-wise poison adds the same pattern to every poisoned image of a class, so it makes
+    the same exact values recur at the same positions there (wherever the clean content is
+    flat or saturated, they are the pattern's own values); clean images of the class share
+    them less. Counts are int32: K x D x 256 of them (20 MB for 10 classes of 28 x 28)."""
+    n, d, levels = len(images), images[0].numel(), 256
+    if images.dtype != torch.uint8:
+        raise ValueError(f"exact_value_scores needs uint8 images, got {images.dtype}")
+    offsets = torch.arange(d) * levels
+    counts = torch.zeros(num_classes, d * levels, dtype=torch.int32)
+    for i in range(0, n, chunk):
+        keys, y = images[i:i + chunk].flatten(1).long() + offsets, labels[i:i + chunk]
+        for c in torch.unique(y).tolist():
+            counts[c] += torch.bincount(keys[y == c].flatten(), minlength=d * levels).to(torch.int32)
+    total = counts.sum(0, dtype=torch.int32)
+    per_class = torch.bincount(labels, minlength=num_classes).double()
+    out = torch.empty(n, dtype=torch.float64)
+    for i in range(0, n, chunk):
+        keys, y = images[i:i + chunk].flatten(1).long() + offsets, labels[i:i + chunk]
+        own = counts[y[:, None], keys].double() - 1                    # the image left out
+        other = total[keys].double() - own - 1
+        n_own, n_other = per_class[y][:, None] - 1, n - per_class[y][:, None]
+        out[i:i + chunk] = (((own + prior) / (n_own + prior * levels)).log()
+                            - ((other + prior) / (n_other + prior * levels)).log()).sum(1)
+    return out
+
+
+def residual_direction_scores(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                              levels: int = DEFAULTS["levels"], ridge: float | None = PER_SAMPLE_RIDGE,
+                              chunk: int = 8192) -> torch.Tensor:
+    """(N,) float64: how strongly each image carries its class's shared small pattern. A
+    class-wise poison adds one pattern d_y to the poisoned images of
     class y; the class's mean residual (image minus its reference copy, which destroys small
     perturbations) estimates it, mixed with the class's mean fine content. Each image is scored
     by its projection on that direction in the metric of the within-class pixel covariance
@@ -378,4 +442,4 @@ def per_sample_scores(images: torch.Tensor, labels: torch.Tensor, num_classes: i
         y = labels[i:i + chunk]
         xc = images[i:i + chunk].flatten(1).double() / 255 - means[y]
         out[i:i + chunk] = (xc * weights.t()[y]).sum(1)
-    return out.float()
+    return out
