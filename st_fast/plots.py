@@ -97,12 +97,16 @@ def plot_acm(history: list[dict], checks: list[dict], tau: float | None, path: s
 
 def plot_run_comparison(runs: dict[str, tuple[list[dict], list[dict]]], path: str | Path,
                         title: str = "", tau: float | None = None) -> Path:
-    """Several runs side by side: {label: (history, checks)} -> ACM per check | test accuracy."""
+    """Several runs side by side: {label: (history, checks)} -> ACM per check | test accuracy
+    (and, faint, training accuracy: the trap is train up while test falls)."""
     path = Path(path)
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 3.8))
     styles = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-.")]
     for i, (label, (history, checks)) in enumerate(runs.items()):
         _draw_run(ax, ax2, history, checks, label, styles[i % len(styles)])
+        if all("train_acc" in r for r in history):
+            ax2.plot([r["epoch"] for r in history], [r["train_acc"] for r in history], linestyle=styles[i % len(styles)][1],
+                     color=ax2.lines[-1].get_color(), alpha=0.35, label=f"{label}: train")
     if tau is not None:
         ax.axhline(tau, color="gray", ls="--", label=f"tau = {tau:g}")
     _finish(ax, "epoch", "ACM (ACM subset of the training set)", fontsize=7)

@@ -225,3 +225,20 @@ def test_runs_on_different_machine_types_are_never_paired_or_compared():
     assert select_by_validation(rows, {"st-val": ["st", "st-a"]}) == []
     assert "Machine types: AMD EPYC (avx2+fma): 4 runs; Intel(R) Xeon(R) Processor (avx2+avx512f+fma): 2 runs; unrecorded: 1 runs" \
         in markdown_tables(rows)
+
+
+def test_check_plots_take_the_lowest_seed_where_every_shown_defence_finished(tmp_path, monkeypatch):
+    import st_fast.plots as plots
+    from st_fast.bench import report
+
+    history = [{"epoch": 1, "test_acc": 0.5, "train_acc": 0.6}]
+    checks = [{"epoch": 1, "step": 10, "acm": 2.0, "accepted": True}]
+    cells = {f"{d}-s{s}": {"history": history, "checks": checks} for d, s in (("nt", 0), ("nt", 1), ("st", 1))}
+    monkeypatch.setattr(report, "load_cells", lambda _dir: cells)
+    drawn = {}
+    monkeypatch.setattr(plots, "plot_run_comparison", lambda runs, path, title="": drawn.update({title: sorted(runs)}))
+    results = [{"cell": c, "attack": "sp", "defence": c.split("-")[0], "seed": int(c[-1])} for c in cells]
+    report.plot_checks(results, tmp_path, {})
+    assert drawn == {"training data: sp (seed 1); red x: rolled back / rejected": ["nt", "st"]}
+    monkeypatch.undo()   # the real one draws it, train accuracy included
+    assert plots.plot_run_comparison({"nt": (history, checks)}, tmp_path / "c.png", title="t").exists()

@@ -355,8 +355,9 @@ def plot_results(results: list[dict], plot_dir: Path) -> None:
 
 def plot_checks(results: list[dict], bench_dir: Path, select: dict[str, list[str]],
                 shown: tuple[str, ...] = ("nt", "st")) -> None:
-    """Per attack, the lowest seed: ACM per check and test accuracy per epoch, rollbacks marked,
-    of ``shown`` defences and of each validation-selected one (labelled with the variant chosen).
+    """Per attack, one seed: ACM per check and test (and train) accuracy per epoch, rollbacks
+    marked, of ``shown`` defences and of each validation-selected one (labelled with the variant
+    chosen). The seed is the lowest at which every shown defence finished, else the lowest.
     Reads each cell's history and checks (``load_cells``); cells without them are left out."""
     from ..plots import plot_run_comparison
 
@@ -371,7 +372,9 @@ def plot_checks(results: list[dict], bench_dir: Path, select: dict[str, list[str
     chosen = select_by_validation(results, select)
     for attack in dict.fromkeys(r["attack"] for r in results):
         rs = [r for r in results + chosen if r["attack"] == attack]
-        seed = min(r["seed"] for r in rs)
+        complete = [sd for sd in sorted({r["seed"] for r in rs})
+                    if set(shown) <= {r["defence"] for r in rs if r["seed"] == sd}]
+        seed = complete[0] if complete else min(r["seed"] for r in rs)
         runs = {}
         for r in rs:
             if r["seed"] == seed and (r["defence"] in shown or "chosen" in r):
