@@ -1,7 +1,8 @@
 """The development data the per-sample detection score was chosen on (docs/detect.md): planted
 class-wise patterns, no attack of the evaluation, on the 5,000 clean training images of a
 study cell (Fashion-MNIST, seed 0). Per-sample AUROC of ``st_fast.detect.per_sample_scores``
-(the default: both views standardised within class and summed), of each view alone
+(the default: both views standardised within class, summed with weights), of their plain sum,
+of each view alone
 (``residual_direction_scores`` with Ledoit-Wolf shrinkage and with fixed ridges,
 ``exact_value_scores``), and of the same on a copy without saturated pixels (content
 compressed to grey levels 64-191 with seeded noise of std 6: no exact value repeats for free).
@@ -20,14 +21,32 @@ from sklearn.metrics import roc_auc_score
 
 from st_fast.config import TrainConfig
 from st_fast.data import load_dataset, training_indices
-from st_fast.detect import exact_value_scores, per_sample_scores, residual_direction_scores
+from st_fast.detect import (
+    exact_value_scores,
+    per_sample_scores,
+    residual_direction_scores,
+    standardise_within_class,
+)
 
 
 def planted(images: torch.Tensor, labels: torch.Tensor, ratio: float, kind: str, eps: float, seed: int):
     """A seeded ``ratio`` of the images get their class's pattern: random +-eps signs per pixel
-    ("sign") or random +-eps offsets on 4x4 blocks ("blocks"); uint8 images and the mask."""
+    ("sign"), random +-eps offsets on 4x4 blocks ("blocks"), or one shortcut pixel ("pixel": as
+    a one-pixel shortcut is built, the position where the class varies least, set to the extreme
+    opposite to the class's mean there); uint8 images and the mask."""
     g = torch.Generator().manual_seed(seed)
     size = images.shape[-2:]
+    if kind == "pixel":
+        flat = images.flatten(1).float()
+        pos = torch.stack([flat[labels == y].var(0).add(torch.rand(flat.shape[1], generator=g) * 1e-3).argmin()
+                           for y in range(10)])
+        value = torch.stack([(flat[labels == y][:, pos[y]].mean() < 128).float() * 255 for y in range(10)])
+        mask = torch.zeros(len(labels), dtype=torch.bool)
+        mask[torch.randperm(len(labels), generator=g)[: round(ratio * len(labels))]] = True
+        x = flat.clone()
+        rows = torch.nonzero(mask).flatten()
+        x[rows, pos[labels[rows]]] = value[labels[rows]]
+        return x.view(images.shape).to(torch.uint8), mask
     if kind == "sign":
         pattern = (torch.randint(0, 2, (10, 1, *size), generator=g) * 2 - 1).float() * eps
     else:
@@ -48,14 +67,19 @@ def main(argv=None) -> int:
     idx, _ = training_indices(TrainConfig(dataset="fashion-mnist", train_subset=5000, val_size=20, seed=0), clean)
     images, labels = clean.images[idx], clean.labels[idx]
     unsaturated = (64 + 0.5 * images.float() + 6 * torch.randn(images.shape, generator=torch.Generator().manual_seed(5)))
-    scores = {"sum of both views (default)": lambda x: per_sample_scores(x, labels, 10),
+    def plain_sum(x):
+        return sum(standardise_within_class(v, labels, 10) for v in
+                   (residual_direction_scores(x, labels, 10), exact_value_scores(x, labels, 10)))
+
+    scores = {"weighted sum of both views (default)": lambda x: per_sample_scores(x, labels, 10),
+              "plain sum of both views": plain_sum,
               "residual direction, Ledoit-Wolf": lambda x: residual_direction_scores(x, labels, 10),
               "residual direction, ridge 1e-5": lambda x: residual_direction_scores(x, labels, 10, ridge=1e-5),
               "residual direction, ridge 1e-3": lambda x: residual_direction_scores(x, labels, 10, ridge=1e-3),
               "exact values": lambda x: exact_value_scores(x, labels, 10)}
     for data, base in (("", images), (", no saturated pixels", unsaturated.round().clamp(0, 255).to(torch.uint8))):
         setting = f"Fashion-MNIST, 5,000 images{data}, planted class-wise +-{args.eps:g}/255 patterns"
-        for kind in ("sign", "blocks"):
+        for kind in ("sign", "blocks", "pixel"):
             for ratio in (0.5, 0.2):
                 x, mask = planted(base, labels, ratio, kind, args.eps, seed=123)
                 for name, score in scores.items():

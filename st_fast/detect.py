@@ -20,10 +20,9 @@ destroy are missed by construction (docs/detect.md lists which).
   reference, 100 images per class: a shortcut clusters the classes early (reported as evidence).
 - score: the larger of the two probes' gaps. The threshold was set on clean data only (seeded
   subsets of clean Fashion-MNIST and scikit-learn's digits; docs/detect.md gives the figures).
-- per-class score: the same gap on each class's images. Per-sample score: how much easier the
-  probes find the raw image than its reference (cross-entropy of the reference probes on the
-  reference image minus that of the raw probes on the raw image, summed over both probes), for
-  every image of the set (the probes see only the subsample; the rest are held out).
+- per-class score: the same gap on each class's images. Per-sample score (every image of the
+  set, ``per_sample_scores``): how strongly the image carries its class's shared pattern, seen
+  along the class's mean residual and through the exact pixel values the pattern makes recur.
 """
 
 from __future__ import annotations
@@ -331,14 +330,37 @@ def per_sample_scores(images: torch.Tensor, labels: torch.Tensor, num_classes: i
                       chunk: int = 8192) -> torch.Tensor:
     """(N,) scores, higher = more likely poisoned: how strongly each image carries its class's
     shared pattern, by two views of it, each standardised within its class (median 0, std 1:
-    only the ranking within a class matters, and the classes' pattern strengths differ) and
-    summed. ``residual_direction_scores`` sees a fine pattern (what the reference copy removes)
-    along the class's mean residual; ``exact_value_scores`` sees a pattern the reference copy
-    keeps (coarse blocks) through the exact pixel values it makes common in its class. Chosen on
-    planted development patterns only (docs/detect.md)."""
-    parts = (residual_direction_scores(images, labels, num_classes, levels, ridge, chunk),
-             exact_value_scores(images, labels, num_classes, chunk=chunk))
-    return sum(standardise_within_class(s, labels, num_classes) for s in parts).float()
+    only the ranking within a class matters, and the classes' pattern strengths differ), then
+    summed with weights that favour the view whose scores split into two groups.
+    ``residual_direction_scores`` sees a fine pattern (what the reference copy removes) along the
+    class's mean residual; ``exact_value_scores`` sees a pattern the reference copy keeps (coarse
+    blocks) through the exact pixel values it makes common in its class. A view that sees nothing
+    would dilute the other in a plain sum (one shortcut pixel: 0.87 against 0.98 weighted), so
+    each view weighs (eta / (1 - eta))^2, eta its mean within-class ``two_group_separation``
+    (2/pi for one Gaussian, 1 for two points). Chosen on planted development patterns only
+    (docs/detect.md)."""
+    raw_views = (residual_direction_scores(images, labels, num_classes, levels, ridge, chunk),
+                 exact_value_scores(images, labels, num_classes, chunk=chunk))
+    views = [standardise_within_class(v, labels, num_classes) for v in raw_views]
+    weights = []
+    for view in views:
+        eta = [two_group_separation(view[labels == c]) for c in range(num_classes) if int((labels == c).sum()) > 1]
+        eta = min(sum(eta) / len(eta), 1 - 1e-6)
+        weights.append((eta / (1 - eta)) ** 2)
+    return sum(w * v for w, v in zip(weights, views)).float()
+
+
+def two_group_separation(scores: torch.Tensor) -> float:
+    """The largest share of the scores' variance that one threshold explains, splitting them into
+    two groups (Otsu's criterion): 2/pi for one Gaussian, near 1 for two well-apart groups."""
+    s = scores.double().sort().values
+    n = len(s)
+    if n < 2 or float(s.var(unbiased=False)) == 0:
+        return 0.0
+    below = s.cumsum(0)[:-1]
+    k = torch.arange(1, n, dtype=torch.float64)
+    between = k * (n - k) / n ** 2 * (below / k - (s.sum() - below) / (n - k)) ** 2
+    return float(between.max() / s.var(unbiased=False))
 
 
 def standardise_within_class(scores: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:

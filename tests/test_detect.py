@@ -129,7 +129,7 @@ def test_exact_value_scores_match_a_leave_one_out_naive_bayes_by_loops():
         exact_value_scores(images.float(), labels, 3)
 
 
-def test_per_sample_score_is_the_sum_of_both_views_standardised_within_class():
+def test_per_sample_score_weighs_both_views_standardised_within_class():
     import st_fast.detect as det
 
     ds = toy_dataset(n=60, classes=3, size=16, seed=2)
@@ -138,7 +138,17 @@ def test_per_sample_score_is_the_sum_of_both_views_standardised_within_class():
     assert torch.allclose(z, torch.tensor([-1.0, 0.0, 1.0, 0.0, 0.0, 0.0], dtype=torch.float64))
     parts = [det.standardise_within_class(f(ds.images, ds.labels, 3), ds.labels, 3)
              for f in (det.residual_direction_scores, det.exact_value_scores)]
-    assert torch.allclose(det.per_sample_scores(ds.images, ds.labels, 3), (parts[0] + parts[1]).float())
+    odds = []
+    for p in parts:
+        eta = sum(det.two_group_separation(p[ds.labels == c]) for c in range(3)) / 3
+        odds.append((eta / (1 - eta)) ** 2)
+    want = (odds[0] * parts[0] + odds[1] * parts[1]).float()
+    assert torch.allclose(det.per_sample_scores(ds.images, ds.labels, 3), want)
+    # Otsu's share of variance: 1 for two points, 2/pi for a Gaussian, 0 for a constant
+    assert det.two_group_separation(torch.tensor([0.0, 0.0, 5.0, 5.0])) == pytest.approx(1.0)
+    gauss = torch.randn(20000, generator=torch.Generator().manual_seed(0))
+    assert det.two_group_separation(gauss) == pytest.approx(2 / math.pi, abs=0.01)
+    assert det.two_group_separation(torch.ones(5)) == 0.0
 
 
 def test_per_sample_scores_find_a_planted_class_wise_pattern():
@@ -172,10 +182,10 @@ def test_per_sample_scores_find_a_coarse_pattern_the_reference_copy_keeps():
     def auroc(f):
         return roc_auc_score(poisoned.numpy(), f(images, labels, 3).numpy())
 
-    # measured: exact values 1.0, residual direction 0.50 (chance), their sum 0.86: the sum
-    # is diluted by a view that sees nothing (the price of not weighting the views; docs/detect.md)
-    assert auroc(exact_value_scores) > 0.95
-    assert auroc(residual_direction_scores) < 0.6 < 0.8 < auroc(per_sample_scores)
+    # exact values see it (1.0), the residual direction does not (0.50); an unweighted sum gave
+    # 0.86, the weighted one follows the view whose scores split into two groups
+    assert auroc(exact_value_scores) > 0.95 and auroc(residual_direction_scores) < 0.6
+    assert auroc(per_sample_scores) > 0.95
 
 
 def test_reference_copy_removes_one_pixel_and_keeps_shape():
