@@ -342,12 +342,18 @@ def per_sample_scores(images: torch.Tensor, labels: torch.Tensor, num_classes: i
     raw_views = (residual_direction_scores(images, labels, num_classes, levels, ridge, chunk),
                  exact_value_scores(images, labels, num_classes, chunk=chunk))
     views = [standardise_within_class(v, labels, num_classes) for v in raw_views]
+    return sum(w * v for w, v in zip(view_weights(views, labels, num_classes), views)).float()
+
+
+def view_weights(views: list[torch.Tensor], labels: torch.Tensor, num_classes: int) -> list[float]:
+    """Each standardised view's weight in ``per_sample_scores``: (eta / (1 - eta))^2, eta the
+    mean over classes (of 2 images or more) of its ``two_group_separation``."""
+    classes = [labels == c for c in range(num_classes) if int((labels == c).sum()) > 1]
     weights = []
     for view in views:
-        eta = [two_group_separation(view[labels == c]) for c in range(num_classes) if int((labels == c).sum()) > 1]
-        eta = min(sum(eta) / len(eta), 1 - 1e-6)
+        eta = min(sum(two_group_separation(view[member]) for member in classes) / len(classes), 1 - 1e-6)
         weights.append((eta / (1 - eta)) ** 2)
-    return sum(w * v for w, v in zip(weights, views)).float()
+    return weights
 
 
 def two_group_separation(scores: torch.Tensor) -> float:
