@@ -242,3 +242,40 @@ def test_check_plots_take_the_lowest_seed_where_every_shown_defence_finished(tmp
     assert drawn == {"training data: sp (seed 1); red x: rolled back / rejected": ["nt", "st"]}
     monkeypatch.undo()   # the real one draws it, train accuracy included
     assert plots.plot_run_comparison({"nt": (history, checks)}, tmp_path / "c.png", title="t").exists()
+
+
+def test_poisons_only_makes_each_poison_once_and_trains_nothing(tiny_fashion, tmp_path, capsys):
+    import threading
+
+    from st_fast.bench.runner import Claim, make_poisons
+
+    cfg = parse_config(_raw(tiny_fashion))
+    out = tmp_path / "bench"
+    assert run_bench(cfg, out, device="cpu", poisons_only=True) == []
+    assert [p.name for p in (out / "poisons").glob("*.pt")] == ["sp-r1-s0.pt"]   # one for both sp cells
+    assert not (out / "cells").exists() and not (out / "results.md").exists()
+    made = (out / "poisons" / "sp-r1-s0.pt").stat().st_mtime_ns
+    assert "sp-r1-s0.pt: ready" in capsys.readouterr().err
+    # a second worker waits while another holds the poison's claim, then finds it there
+    (out / "poisons" / "sp-r1-s0.pt").rename(out / "kept.pt")
+    claim = Claim(out / "poisons" / "sp-r1-s0.pt")
+    assert claim.acquire()
+
+    def other_worker_finishes():
+        (out / "kept.pt").rename(out / "poisons" / "sp-r1-s0.pt")
+        claim.release()
+
+    threading.Timer(0.3, other_worker_finishes).start()
+    cells = [c for c in cfg.cells() if c.attack == "sp"]
+    assert make_poisons(cfg, out, cells, "cpu", poll_s=0.05) == [out / "poisons" / "sp-r1-s0.pt"]
+    assert (out / "poisons" / "sp-r1-s0.pt").stat().st_mtime_ns == made   # waited for, not made again
+    assert make_poisons(cfg, out, [c for c in cfg.cells() if c.attack == "clean"], "cpu") == []
+    assert "need no poison" in capsys.readouterr().err
+    # the CLI: one clear line for an executor that cannot do it
+    (tmp_path / "b.yaml").write_text(json.dumps(_raw(tiny_fashion)))
+    code = main(["bench", "--config", str(tmp_path / "b.yaml"), "--out", str(out), "--poisons-only",
+                 "--executor", "ray"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--poisons-only" in err and len(err.splitlines()) == 1
+    assert main(["bench", "--config", str(tmp_path / "b.yaml"), "--out", str(out), "--poisons-only"]) == 0
+    assert "already there" in capsys.readouterr().err and not (out / "cells").exists()

@@ -41,6 +41,8 @@ from .progress import Progress
 
 EXECUTORS = ("serial", "ray")
 LEASE_S = 300.0       # a claim not refreshed for this long is stale, on any host
+POISONS_ONLY_SERIAL = ("--poisons-only makes the poisons in this process; drop --executor ray "
+                       "(the Ray executor makes each poison as a task when its cells run)")
 HEARTBEAT_S = 30.0    # how often its holder refreshes it (well inside the lease: NFS caches times)
 
 
@@ -148,9 +150,12 @@ def finished(out: Path, cell: Cell) -> bool:
 
 def run_bench(cfg: BenchConfig, out: str | Path, device: str = "auto", progress: bool = False,
               only: str | list[str] | None = None, poll_s: float = 5.0, executor: str = "serial",
-              ray_options=None, quiet: bool = False, before_cell: Callable[[], object] | None = None) -> list[dict]:
+              ray_options=None, quiet: bool = False, before_cell: Callable[[], object] | None = None,
+              poisons_only: bool = False) -> list[dict]:
     """Run every unfinished cell (or those matching ``only``) with ``executor``, then write the
-    reports. ``ray_options``: a ``ray_executor.RayOptions`` (executor "ray"). ``before_cell``
+    reports. ``poisons_only``: make (or import) the poisoned sets those cells need, in this
+    process, and stop there (returns []): long crafting done ahead, e.g. on a quiet machine.
+    ``ray_options``: a ``ray_executor.RayOptions`` (executor "ray"). ``before_cell``
     (serial only): called before each cell is claimed, e.g. to share cells that became
     shareable meanwhile (bench.share); a cell it finished is skipped. Cells that fail (after
     their retries, under Ray) raise :class:`CellsFailed` once the others are done."""
@@ -160,12 +165,17 @@ def run_bench(cfg: BenchConfig, out: str | Path, device: str = "auto", progress:
 
     if executor not in EXECUTORS:
         raise UserError(f"unknown executor {executor!r}; choose one of: {', '.join(EXECUTORS)}")
+    if poisons_only and executor != "serial":
+        raise UserError(POISONS_ONLY_SERIAL)
     out = Path(out).resolve()   # absolute: workers elsewhere (Ray) see the same path
     cells = [c for c in cfg.cells() if matches(c.id, only)]
     files = sorted({c.attack for c in cells if c.attack in cfg.poison_files and not finished(out, c)})
     check_sources(out, cfg, files)   # a changed poison file is refused before any work
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "bench.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if poisons_only:
+        make_poisons(cfg, out, cells, device, poll_s)
+        return []
     tracker = Progress(out, [c.id for c in cells], executor, quiet=quiet)
     for c in cells:
         if finished(out, c):
@@ -187,6 +197,28 @@ def run_bench(cfg: BenchConfig, out: str | Path, device: str = "auto", progress:
     if failures:
         raise CellsFailed(failures)
     return results
+
+
+def make_poisons(cfg: BenchConfig, out: Path, cells: list[Cell], device: str, poll_s: float = 5.0) -> list[Path]:
+    """Each poisoned set the unfinished ``cells`` need, made once (under a claim: a poison that
+    another worker is making is waited for, not made twice); their paths."""
+    needed = {}
+    for c in cells:
+        path = poison_path(out, cfg, c)
+        if path is not None and not finished(out, c):
+            needed.setdefault(path, c)
+    for path, cell in needed.items():
+        existed = path.exists()
+        while True:
+            try:
+                claimed_poison(out, cfg, cell, device)
+                break
+            except Busy:   # another worker is making it: wait, then take it (or make it, if it gave up)
+                time.sleep(poll_s)
+        print(f"[bench] poison {path.name}: {'already there' if existed else 'ready'}", file=sys.stderr)
+    if not needed:
+        print("[bench] the selected cells need no poison (clean, or finished)", file=sys.stderr)
+    return list(needed)
 
 
 def sync_others(out: Path, cells: list[Cell], tracker: Progress) -> None:

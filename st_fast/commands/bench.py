@@ -32,6 +32,9 @@ def add_parser(sub) -> None:
                         "(repeatable; docs/bench.md)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--dry-run", action="store_true", help="list the cells and exit")
+    p.add_argument("--poisons-only", action="store_true",
+                   help="make (or import) the poisoned sets the selected cells need, then stop "
+                        "(serial; e.g. craft a long poison before the cells' workers start)")
     p.add_argument("--progress", action="store_true", help="show per-batch progress bars (serial)")
     p.add_argument("--executor", default="serial", choices=("serial", "ray"),
                    help="serial: cells in this process; ray: cells and poisons as Ray tasks "
@@ -51,10 +54,12 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..bench import load_config, run_bench
     from ..bench.cell import CellsFailed
-    from ..bench.runner import matches
+    from ..bench.runner import POISONS_ONLY_SERIAL, matches
     from ..errors import UserError
 
     given = [f for f in RAY_FLAGS if getattr(args, f) is not None]
+    if args.poisons_only and args.executor == "ray":   # before Ray is imported (it may be absent)
+        raise UserError(POISONS_ONLY_SERIAL)
     ray_options = None
     if args.executor == "ray":
         from ..bench.ray_executor import RayOptions, import_ray
@@ -90,12 +95,16 @@ def run(args: argparse.Namespace) -> int:
             print(f"[bench] 0 cell(s) shared from {', '.join(args.share_from)}", file=sys.stderr)
     try:
         run_bench(cfg, out, device=args.device, progress=args.progress, only=args.only,
-                  executor=args.executor, ray_options=ray_options, before_cell=share)
+                  executor=args.executor, ray_options=ray_options, before_cell=share,
+                  poisons_only=args.poisons_only)
     except CellsFailed as err:
         print(f"st-fast bench: {err}", file=sys.stderr)
         print(f"the other cells' results are in {out}/; rerun the same command to retry the failed ones",
               file=sys.stderr)
         return 1
+    if args.poisons_only:
+        print(f"poisons in {out}/poisons/; run the same command without --poisons-only to train the cells")
+        return 0
     print((out / "results.md").read_text() if (out / "results.md").exists() else "no results")
     print(f"results in {out}/ (results.md, results.csv, results.jsonl, plots/, progress.json)")
     return 0
