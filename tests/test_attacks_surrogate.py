@@ -205,3 +205,29 @@ def test_refresh_bn_recomputes_running_stats_and_restores_momentum():
         feats = conv((x + delta).clamp(0, 1))
     assert torch.allclose(bn.running_mean, feats.mean((0, 2, 3)), atol=1e-6)
     assert bn.momentum == 0.1 and not model.training
+
+
+@pytest.mark.parametrize("name,lines", [("rem", ["rem step 2/2", "rem final noise batch 2/2"]),
+                                        ("em-class", ["em-class round 1/2", "stops above"]),
+                                        ("tap", ["tap batch 2/2"])])
+def test_progress_lines_show_rate_and_eta_and_change_nothing(name, lines, ds, capsys):
+    quiet = run(name, ds, seed=1)
+    capsys.readouterr()
+    loud = make_poison(name, ds, seed=1, device="cpu", arch="small-resnet", batch_size=16, progress=True,
+                       **TINY[name])
+    err = capsys.readouterr().err
+    assert all(line in err for line in lines), err
+    assert "/s  eta " in err
+    assert torch.equal(quiet.images, loud.images) and quiet.meta["params"] == loud.meta["params"]
+
+
+def test_ticker_prints_about_ten_lines_and_the_last(capsys):
+    from st_fast.attacks.surrogate import Ticker
+
+    tick = Ticker(True, "x", 25)
+    for i in range(1, 26):
+        tick(i)
+    out = capsys.readouterr().err.splitlines()
+    assert [line.split()[2] for line in out] == [f"{i}/25" for i in (2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 25)]
+    Ticker(False, "x", 5)(5)
+    assert capsys.readouterr().err == ""

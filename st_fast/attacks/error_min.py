@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from . import surrogate as sg
 from .base import AttackOutput, register
 from .cg_eot import Compose
-from .surrogate import Augment, accuracy, batches, build_surrogate, linf_pgd, log, sgd, to_device
+from .surrogate import Augment, Ticker, accuracy, batches, build_surrogate, linf_pgd, sgd, to_device
 
 EM_DEFAULTS = {"eps": 8 / 255, "step_size": 0.8 / 255, "steps": 20, "train_steps": 10,
                "stop_acc": 0.99, "max_rounds": 50, "arch": "resnet18", "lr": 0.1, "batch_size": 512,
@@ -80,6 +80,8 @@ def _em(ds, gen, device, classwise: bool, *, eps, step_size, steps, train_steps,
         return delta[y[idx]] if classwise else delta[idx.to(delta.device)]
 
     rounds, acc = 0, 0.0
+    # max_rounds is an upper bound (the surrogate may reach stop_acc before), and so is the ETA
+    tick = Ticker(progress, f"em-{'class' if classwise else 'sample'}", int(max_rounds), "round", lines=int(max_rounds))
     for rounds in range(1, int(max_rounds) + 1):
         if surrogate is not None:
             surrogate.before_round(model, opt)
@@ -99,7 +101,7 @@ def _em(ds, gen, device, classwise: bool, *, eps, step_size, steps, train_steps,
                 delta[idx_d] = linf_pgd(model, xb, yb, delta[idx_d], eps=eps, step_size=step_size,
                                         steps=steps, descend=True, loss_fn=_loss(aug))
         acc = accuracy(model, x, y, delta_of)
-        log(progress, f"em-{'class' if classwise else 'sample'} round {rounds}: surrogate acc on poisoned data {acc:.4f}")
+        tick(rounds, f"surrogate acc on poisoned data {acc:.4f} (stops above {stop_acc:g})")
         if acc > stop_acc:
             break
     out = delta[y_all] if classwise else delta
@@ -204,6 +206,7 @@ def rem_attack(ds, gen, device, *, eps, step_size, steps, adv_eps, adv_step_size
         return (xb + linf_pgd(m, xb, yb, a, eps=adv_eps, step_size=adv_step_size, steps=adv_steps,
                               descend=False)).clamp(0, 1)
 
+    tick = Ticker(progress, "rem", int(train_steps))
     for step in range(int(train_steps)):
         for group in opt.param_groups:   # step decay, as the authors' script
             group["lr"] = lr * lr_decay_rate ** (step // int(lr_decay_freq))
@@ -219,10 +222,11 @@ def rem_attack(ds, gen, device, *, eps, step_size, steps, adv_eps, adv_step_size
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if progress and (step + 1) % max(1, int(train_steps) // 10) == 0:
-            log(progress, f"rem step {step + 1}/{train_steps}: loss {float(loss.detach()):.3f}")
+        tick(step + 1, f"loss {float(loss.detach()):.3f}")
     model.eval()
-    for idx in batches(len(x), batch_size, gen, shuffle=False):
+    final = Ticker(progress, "rem final noise", -(-len(x) // batch_size), "batch")
+    for b, idx in enumerate(batches(len(x), batch_size, gen, shuffle=False)):
         delta[idx.to(device)] = new_noise(idx.to(device))
+        final(b + 1)
     acc = accuracy(model, x, y, lambda i: delta[i])
     return AttackOutput(delta.cpu(), {"surrogate_acc": acc})

@@ -11,6 +11,7 @@ Everything runs on ``device`` (the GPU when there is one) with data resident the
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 
 import torch
@@ -149,6 +150,23 @@ def log(progress: bool, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
+class Ticker:
+    """About ten progress lines for a long crafting loop: done / total, rate and ETA."""
+
+    def __init__(self, enabled: bool, name: str, total: int, unit: str = "step", lines: int = 10):
+        self.enabled, self.name, self.total, self.unit = enabled, name, int(total), unit
+        self.every = max(1, self.total // lines)
+        self.t0 = time.perf_counter()
+
+    def __call__(self, done: int, note: str = "") -> None:
+        if not self.enabled or (done % self.every and done != self.total):
+            return
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / max(done, 1) * (self.total - done)
+        log(True, f"{self.name} {self.unit} {done}/{self.total}  {done / max(elapsed, 1e-9):.2f} {self.unit}/s  "
+                  f"eta {int(eta) // 60:02d}:{int(eta) % 60:02d}" + (f"  {note}" if note else ""))
+
+
 def craft_dataset(model, x: torch.Tensor, targets: torch.Tensor, *, eps: float, step_size: float,
                   steps: int, batch_size: int, gen: torch.Generator, augment: Augment | None = None,
                   decay_at: tuple[float, ...] = (), random_start: bool = False,
@@ -168,7 +186,7 @@ def craft_dataset(model, x: torch.Tensor, targets: torch.Tensor, *, eps: float, 
     def loss_fn(m, xa, ya):
         return F.cross_entropy(m(augment(xa) if augment is not None else xa), ya)
 
-    n_batches = -(-len(x) // batch_size)
+    tick = Ticker(progress, name, -(-len(x) // batch_size), "batch")
     for b, idx in enumerate(batches(len(x), batch_size, gen, shuffle=False)):
         idx = idx.to(x.device)
         xb, tb = x[idx], targets[idx]
@@ -184,8 +202,7 @@ def craft_dataset(model, x: torch.Tensor, targets: torch.Tensor, *, eps: float, 
                 done = s
             size *= 0.1
         out[idx] = delta
-        if progress and (b + 1) % max(1, n_batches // 10) == 0:
-            log(progress, f"{name} batch {b + 1}/{n_batches}")
+        tick(b + 1)
     for p in model.parameters():
         p.requires_grad_(True)
     return out
