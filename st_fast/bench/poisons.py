@@ -123,7 +123,7 @@ def generate_poison(path: Path, cfg: BenchConfig, cell: Cell, device: str) -> No
         params.setdefault("device", device)
     print(f"[bench] generating {cell.attack} (ratio {cell.ratio:g}) on {clean.describe()} ...", file=sys.stderr)
     t0 = time.perf_counter()
-    # progress: the attack's own lines (rate, ETA); crafting can take an hour (st_scale's REM)
+    # progress: the attack's own lines (rate, ETA); crafting can take over an hour (st_scale's REM)
     make_poison(cell.attack, clean, progress=True, **params).save(path)
     print(f"[bench] {cell.attack} ready in {time.perf_counter() - t0:.0f} s -> {path}", file=sys.stderr)
 

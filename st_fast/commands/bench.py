@@ -23,7 +23,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default=None, help="output directory (default runs/bench/<name>); with "
                    "Ray on several machines, on a disk they all share")
     p.add_argument("--only", default=None, help="run only cells whose id contains this text "
-                   "(comma-separated: any of them; write --only=-st-s for a leading dash)")
+                   "(comma-separated: any of them; they run in the config's order; write --only=-st-s "
+                   "for a leading dash)")
     p.add_argument("--share-from", action="append", default=None, metavar="DIR",
                    help="a finished study folder (e.g. benchmarks/results/st_policy): its cells "
                         "run with the same settings on the same CPU kernels are copied in, not "
