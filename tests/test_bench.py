@@ -153,6 +153,11 @@ def test_paired_differences_pair_runs_by_seed(capsys, tmp_path):
     md = paired_differences(rows, [("st", "nt"), ("nt", "st")])
     assert "| st − nt | +5.0 ± 7.1 (1/1/0) |" in md  # seed 2 has no st run: left out
     assert "| nt − st | -5.0 ± 7.1 (0/1/1) |" in md
+    # one test image of 2,000 is 0.05 points: a tie, whichever way float subtraction rounds it
+    one_image = [r("st", 0, 0.501), r("nt", 0, 0.5005), r("st", 1, 0.5005), r("nt", 1, 0.501),
+                 r("st", 2, 0.77), r("nt", 2, 0.769)]
+    assert 100 * (0.501 - 0.5005) > 0.05 and 100 * (0.5005 - 0.501) < -0.05  # the float noise
+    assert "| st − nt | +0.0 ± 0.1 (1/2/0) |" in paired_differences(one_image, [("st", "nt")])
     assert main(["report", str(tmp_path), "--paired", "st-nt"]) == 2
     assert "--paired wants two defence names as A:B" in capsys.readouterr().err
 
