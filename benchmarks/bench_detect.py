@@ -7,7 +7,9 @@ a partial ratio r poisons a seeded random r of those images with the file's own 
 images and keeps the rest clean (the perturbations are the ones crafted at 1.0, not a
 poison re-crafted at r). Clean sets: the same images unpoisoned, plus ``--clean-subsets``
 other seeded subsets of the same size. ``detect`` runs with its defaults on each (its threshold
-was fixed on clean data before any of this; docs/detect.md).
+was fixed on clean data before any of this; docs/detect.md). Since 2026-12-03 the score is in
+units of the thresholds (the larger of the fit-speed test's gap / 4.0 and the bound test's
+score / 0.5); both tests' own figures are rows too.
 
 Rows: per set, score, verdict (1 = flagged), seconds, per-sample AUROC (partial ratios: do the
 poisoned images score higher than the clean ones?); per attack and ratio, the AUROC over
@@ -61,7 +63,10 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         d = detect(ds)
         seconds = time.perf_counter() - t0
-        figures = {"score": round(d.score, 3), "flagged": int(d.poisoned), "seconds": round(seconds, 1)}
+        tests = d.evidence["tests"]
+        figures = {"score": round(d.score, 3), "flagged": int(d.poisoned),
+                   "fit-speed gap": round(tests["fit_speed"]["score"], 3), "bound": round(tests["bound"]["score"], 3),
+                   "seconds": round(seconds, 1)}
         if truth is not None:
             figures["per-sample AUROC"] = round(float(roc_auc_score(truth.numpy(), d.per_sample.numpy())), 4)
         run.add_table(setting, {name: figures})

@@ -1,7 +1,7 @@
 """``st_fast.detect``: is a training set unlearnable (availability-poisoned), before training on it?
 
     d = st_fast.detect(train_set)        # an ImageDataset or a PoisonedSet
-    d.verdict, d.score, d.threshold      # "poisoned" / "clean"; poisoned when score > threshold
+    d.verdict, d.score, d.threshold      # "poisoned" / "clean"; poisoned when score > threshold (1.0)
     d.evidence                           # what the score is made of (below)
     d.per_class, d.per_sample            # scores per class and per image (for partly poisoned sets)
 
@@ -18,8 +18,13 @@ destroy are missed by construction (docs/detect.md lists which).
   learning curve), on a class-balanced subsample; the gap raw - reference is in accuracy points.
 - early-epoch ACM (st_fast.acm, t-SNE) of the network's features after its first epoch, raw and
   reference, 100 images per class: a shortcut clusters the classes early (reported as evidence).
-- score: the larger of the two probes' gaps. The threshold was set on clean data only (seeded
-  subsets of clean Fashion-MNIST and scikit-learn's digits; docs/detect.md gives the figures).
+- the bound test (since 2026-12-03): a sign-gradient poison bounded in L_inf (EM, TAP, REM at
+  8/255) pushes pixels by up to eps and piles many up at exactly eps; where the content is flat
+  (a black background) the deviations from the local level then fill 1..eps and stop at a spike,
+  which clean content and natural noise, decaying from 0, do not make (``bound_test``).
+- score: each test's score divided by its threshold, the larger; poisoned when > 1. Both
+  thresholds were set on clean data only (seeded subsets of clean Fashion-MNIST and
+  scikit-learn's digits; docs/detect.md gives the figures).
 - per-class score: the same gap on each class's images. Per-sample score (every image of the
   set, ``per_sample_scores``): how strongly the image carries its class's shared pattern, seen
   along the class's mean residual and through the exact pixel values the pattern makes recur.
@@ -41,6 +46,12 @@ from .errors import UserError
 # clean Fashion-MNIST (2.26-2.68) and 4 seeded 1,000-image subsets of scikit-learn's digits
 # (-0.18-0.10) was 2.68 points; the threshold leaves 1.3 points above it.
 THRESHOLD = 4.0
+# The bound test's threshold, in % of flat pixels (docs/detect.md): counting noise is already
+# subtracted, and every clean set measured scored 0.0 with it (0.011 without); 0.5 is one flat
+# pixel in 200 sitting at a hard bound, 45 times the largest uncorrected clean figure.
+BOUND_THRESHOLD = 0.5
+BOUND_MAX = 32            # bounds searched: 2/255 .. 32/255 (the field's L_inf budgets are 4-16/255)
+FLAT_WINDOW = 5           # a pixel is flat when its reference copy is constant over this window
 MEDIAN_MIN_SIZE = 16
 DEFAULTS = {"subsample": 2000, "linear_epochs": 4, "network_epochs": 2, "acm_per_class": 100,
             "levels": 8, "seed": 0}
@@ -48,7 +59,9 @@ DEFAULTS = {"subsample": 2000, "linear_epochs": 4, "network_epochs": 2, "acm_per
 
 @dataclass
 class Detection:
-    """What ``detect`` found. Scores are accuracy points (0..100) of fit speed over the reference."""
+    """What ``detect`` found. ``score`` and ``per_class`` are in units of the tests' thresholds
+    (the larger of the two tests'); ``evidence["tests"]`` holds each test's own score (fit speed:
+    accuracy points over the reference; bound: % of flat pixels) and threshold."""
 
     verdict: str                      # "poisoned" or "clean"
     score: float
@@ -99,6 +112,83 @@ def destroy_small_perturbations(images: torch.Tensor, levels: int = DEFAULTS["le
             windows = F.pad(x, (1, 1, 1, 1), mode="replicate").unfold(2, 3, 1).unfold(3, 3, 1)
             x = windows.reshape(*windows.shape[:4], 9).median(-1).values
         out[i:i + chunk] = (x / step).round().mul(step).round().clamp(0, 255).to(torch.uint8)
+    return out
+
+
+# ---------------------------------------------------------------------------- the bound test
+
+
+def _window(x: torch.Tensor, k: int) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, H, W, k*k): each pixel's k x k neighbourhood (edges replicated)."""
+    w = F.pad(x, (k // 2,) * 4, mode="replicate").unfold(2, k, 1).unfold(3, k, 1)
+    return w.reshape(*w.shape[:4], k * k)
+
+
+def flat_deviations(images: torch.Tensor, levels: int = DEFAULTS["levels"], chunk: int = 2048):
+    """uint8 (N, C, H, W) -> (flat mask, |deviation|) of the same shape: a pixel is flat where the
+    reference copy is constant over its FLAT_WINDOW neighbourhood (the content has no edge or
+    texture there, and the reference copy does not see perturbations of a few grey levels), and
+    its deviation is its distance in grey levels from the median of that neighbourhood."""
+    flat = torch.empty(images.shape, dtype=torch.bool)
+    dev = torch.zeros(images.shape, dtype=torch.int16)
+    for i in range(0, len(images), chunk):
+        x = images[i:i + chunk]
+        ref = _window(destroy_small_perturbations(x, levels), FLAT_WINDOW)
+        f = flat[i:i + chunk] = ref.amax(-1) == ref.amin(-1)
+        # the median only where it is read: the flat pixels (about 40% of Fashion-MNIST's)
+        level = _window(x.to(torch.int16), FLAT_WINDOW)[f].median(-1).values
+        dev[i:i + chunk][f] = (x[f].to(torch.int16) - level).abs()
+    return flat, dev
+
+
+def _spikes(counts: torch.Tensor, flat_pixels: int) -> torch.Tensor:
+    """Per deviation k (1..BOUND_MAX) the excess, in % of the flat pixels, of the count at k over
+    the larger of the counts at k+1 and k+2, less 3 standard deviations of counting noise, where
+    k is a hard bound: every deviation 1..k occurs and k occurs at least as often as k-1 (a
+    natural noise's deviations decay from 0 on). 0 elsewhere."""
+    c = counts.double()
+    out = torch.zeros(BOUND_MAX + 1, dtype=torch.float64)
+    for k in range(2, BOUND_MAX + 1):
+        if c[k] >= c[k - 1] and bool((c[1:k + 1] > 0).all()):
+            excess = c[k] - torch.maximum(c[k + 1], c[k + 2]) - 3 * c[k].sqrt()
+            out[k] = max(float(excess), 0.0) * 100 / max(flat_pixels, 1)
+    return out
+
+
+def bound_test(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
+               levels: int = DEFAULTS["levels"]) -> dict:
+    """Was a perturbation with a hard L_inf bound added to these images? Such a poison (EM, TAP,
+    REM, class-wise EM, SP: every sign-gradient attack at 8/255) pushes pixels by up to eps and
+    piles them up at eps: where the content is flat, the deviations from the local level then
+    fill 1..eps and stop at a spike. Clean content's deviations decay smoothly from 0, and a
+    naturally noisy dataset's too: the test looks for the spike, not for noise. Returns the
+    score (% of flat pixels in the spike, counting noise subtracted), the bound in grey levels
+    (0: none), the share of flat pixels, the deviations' histogram (% of flat pixels at
+    0..BOUND_MAX) and the per-class scores at that bound."""
+    flat, dev = flat_deviations(images, levels)
+    d = dev.clamp(max=BOUND_MAX + 2).long()
+    counts = torch.bincount(d[flat], minlength=BOUND_MAX + 3)
+    spikes = _spikes(counts, int(flat.sum()))
+    bound = int(spikes.argmax()) if float(spikes.max()) > 0 else 0
+    per_class = torch.zeros(num_classes, dtype=torch.float64)
+    if bound:
+        for c in range(num_classes):
+            member = labels == c
+            fc = flat[member]
+            per_class[c] = _spikes(torch.bincount(d[member][fc], minlength=BOUND_MAX + 3), int(fc.sum()))[bound]
+    return {"score": float(spikes.max()), "bound": bound, "flat_share": float(flat.float().mean()),
+            "deviation_histogram": [round(100 * float(v) / max(int(flat.sum()), 1), 3) for v in counts[:BOUND_MAX + 1]],
+            "per_class": per_class}
+
+
+def bound_image_shares(images: torch.Tensor, bound: int, levels: int = DEFAULTS["levels"],
+                       chunk: int = 8192) -> torch.Tensor:
+    """(N,) float64: each image's share of its flat pixels whose deviation is exactly ``bound``
+    (an image the poison pushed piles pixels there; 0 for an image with no flat pixel)."""
+    out = torch.empty(len(images), dtype=torch.float64)
+    for i in range(0, len(images), chunk):
+        flat, dev = flat_deviations(images[i:i + chunk], levels)
+        out[i:i + chunk] = ((dev == bound) & flat).flatten(1).sum(1).double() / flat.flatten(1).sum(1).clamp_min(1)
     return out
 
 
@@ -263,8 +353,8 @@ def _fit_speed(curves) -> float:
 
 def detect(train_set, *, subsample: int = DEFAULTS["subsample"], linear_epochs: int = DEFAULTS["linear_epochs"],
            network_epochs: int = DEFAULTS["network_epochs"], acm_per_class: int = DEFAULTS["acm_per_class"],
-           levels: int = DEFAULTS["levels"], threshold: float = THRESHOLD, seed: int = DEFAULTS["seed"],
-           device: str = "cpu", acm: bool = True) -> Detection:
+           levels: int = DEFAULTS["levels"], threshold: float = THRESHOLD, bound_threshold: float = BOUND_THRESHOLD,
+           seed: int = DEFAULTS["seed"], device: str = "cpu", acm: bool = True) -> Detection:
     """Tell whether ``train_set`` (an ImageDataset or a PoisonedSet) is availability-poisoned.
 
     subsample: images (class-balanced, seeded) the probes train on; the per-sample scores cover
@@ -277,8 +367,9 @@ def detect(train_set, *, subsample: int = DEFAULTS["subsample"], linear_epochs: 
                              ("network_epochs", network_epochs, 1), ("levels", levels, 2), ("acm_per_class", acm_per_class, 2)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise UserError(f"detect: {name} must be an integer >= {low}, got {value!r}")
-    if not (isinstance(threshold, int | float) and math.isfinite(threshold)):
-        raise UserError(f"detect: threshold must be a finite number, got {threshold!r}")
+    for name, value in (("threshold", threshold), ("bound_threshold", bound_threshold)):
+        if isinstance(value, bool) or not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+            raise UserError(f"detect: {name} must be a positive finite number, got {value!r}")
     t0 = time.perf_counter()
     ds = _as_dataset(train_set)
     dev = resolve_device(device)
@@ -305,11 +396,22 @@ def detect(train_set, *, subsample: int = DEFAULTS["subsample"], linear_epochs: 
         a_raw = _acm(probes["raw"]["network"].early_features, labels, seed)
         a_ref = _acm(probes["reference"]["network"].early_features, labels, seed)
         evidence["acm_epoch1"] = {"raw": a_raw, "reference": a_ref, "ratio": a_raw / a_ref}
-    score = evidence["linear"]["gap"]
-    per_class_scores = class_gaps[0]
-    per_sample = per_sample_scores(ds.images, ds.labels, k, levels)
+    # on the probes' subsample (seconds); each image's view only when the test flags the set
+    bound = bound_test(raw.images, raw.labels, k, levels)
+    bound_flagged = bound["score"] > bound_threshold
+    bound_view = bound_image_shares(ds.images, bound["bound"], levels) if bound_flagged else None
+    evidence["tests"] = {
+        "fit_speed": {"score": evidence["linear"]["gap"], "threshold": float(threshold),
+                      "flagged": evidence["linear"]["gap"] > threshold},
+        "bound": {"score": bound["score"], "threshold": float(bound_threshold), "flagged": bound_flagged,
+                  "bound": bound["bound"], "flat_share": bound["flat_share"],
+                  "deviation_histogram": bound["deviation_histogram"]}}
+    # one score for the verdict: each test's score in units of its own threshold, the larger
+    score = max(evidence["linear"]["gap"] / threshold, bound["score"] / bound_threshold)
+    per_class_scores = torch.maximum(class_gaps[0].double() / threshold, bound["per_class"] / bound_threshold)
+    per_sample = per_sample_scores(ds.images, ds.labels, k, levels, bound_view=bound_view)
     return Detection(
-        verdict="poisoned" if score > threshold else "clean", score=score, threshold=float(threshold),
+        verdict="poisoned" if score > 1.0 else "clean", score=score, threshold=1.0,
         evidence=evidence, per_class={n: float(v) for n, v in zip(ds.classes, per_class_scores)},
         per_sample=per_sample, subsample=idx, seconds=time.perf_counter() - t0,
         settings={"subsample": len(idx), "linear_epochs": linear_epochs, "network_epochs": network_epochs,
@@ -327,7 +429,7 @@ FULL_COVARIANCE_MAX_DIM = 4096   # above (e.g. 64x64x3), a diagonal covariance: 
 
 def per_sample_scores(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
                       levels: int = DEFAULTS["levels"], ridge: float | None = PER_SAMPLE_RIDGE,
-                      chunk: int = 8192) -> torch.Tensor:
+                      chunk: int = 8192, bound_view: torch.Tensor | None = None) -> torch.Tensor:
     """(N,) scores, higher = more likely poisoned: how strongly each image carries its class's
     shared pattern, by two views of it, each standardised within its class (median 0, std 1:
     only the ranking within a class matters, and the classes' pattern strengths differ), then
@@ -338,9 +440,12 @@ def per_sample_scores(images: torch.Tensor, labels: torch.Tensor, num_classes: i
     would dilute the other in a plain sum (one shortcut pixel: 0.87 against 0.98 weighted), so
     each view weighs (eta / (1 - eta))^2, eta its mean within-class ``two_group_separation``
     (2/pi for one Gaussian, 1 for two points). Chosen on planted development patterns only
-    (docs/detect.md)."""
-    raw_views = (residual_direction_scores(images, labels, num_classes, levels, ridge, chunk),
-                 exact_value_scores(images, labels, num_classes, chunk=chunk))
+    (docs/detect.md). ``bound_view``: each image's share of flat pixels at the bound that
+    ``bound_test`` found (a third view, for sample-wise poisons; None when it found none)."""
+    raw_views = [residual_direction_scores(images, labels, num_classes, levels, ridge, chunk),
+                 exact_value_scores(images, labels, num_classes, chunk=chunk)]
+    if bound_view is not None:
+        raw_views.append(bound_view)
     views = [standardise_within_class(v, labels, num_classes) for v in raw_views]
     return sum(w * v for w, v in zip(view_weights(views, labels, num_classes), views)).float()
 

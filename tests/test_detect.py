@@ -13,7 +13,13 @@ from sklearn.metrics import roc_auc_score
 from st_fast import attacks
 from st_fast.cli import main
 from st_fast.data import ImageDataset
-from st_fast.detect import THRESHOLD, destroy_small_perturbations, detect
+from st_fast.detect import (
+    BOUND_THRESHOLD,
+    THRESHOLD,
+    bound_test,
+    destroy_small_perturbations,
+    detect,
+)
 from st_fast.errors import UserError
 
 from .helpers import toy_dataset
@@ -45,8 +51,13 @@ def _sp(ds, ratio=1.0):
 def test_flags_sp_and_passes_clean(clean, one_thread):
     clean_result = detect(clean, **FAST)
     sp_result = detect(_sp(clean), **FAST)
-    assert clean_result.verdict == "clean" and clean_result.score <= THRESHOLD
-    assert sp_result.verdict == "poisoned" and sp_result.score > THRESHOLD
+    # the score is each test's in units of its threshold; SP on digits: the fit-speed test
+    assert clean_result.verdict == "clean" and clean_result.score <= 1.0 == clean_result.threshold
+    assert sp_result.verdict == "poisoned" and sp_result.score > 1.0
+    fit = sp_result.evidence["tests"]["fit_speed"]
+    assert fit["flagged"] and fit["score"] > THRESHOLD == fit["threshold"]
+    assert sp_result.score == pytest.approx(max(fit["score"] / THRESHOLD,
+                                                sp_result.evidence["tests"]["bound"]["score"] / BOUND_THRESHOLD))
     assert set(sp_result.per_class) == {str(i) for i in range(10)}   # a PoisonedSet names classes by label
 
 
@@ -188,6 +199,66 @@ def test_per_sample_scores_find_a_coarse_pattern_the_reference_copy_keeps():
     assert auroc(per_sample_scores) > 0.95
 
 
+def _flat_objects(n=300, size=20, seed=0):
+    """Images with flat content: a black background and one flat grey rectangle whose place
+    depends on the class (3 classes), as clothes on Fashion-MNIST's black background."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 3
+    images = torch.zeros(n, 1, size, size, dtype=torch.uint8)
+    for i in range(n):
+        top = 2 + 5 * int(labels[i])
+        images[i, 0, top:top + 6, 3:17] = int(torch.randint(90, 200, (1,), generator=g))
+    return ImageDataset(images, labels, ["a", "b", "c"], (0.2,), (0.3,), name="flat-objects")
+
+
+def _signs(images, eps, share, seed=1):
+    """A sample-wise hard-bounded poison like a multi-step sign-gradient attack's: +-eps on a
+    random ``share`` of every image's pixels, a uniform -eps..eps on the others (the steps that
+    did not reach the bound), clipped to 0..255."""
+    g = torch.Generator().manual_seed(seed)
+    sign = torch.randint(0, 2, images.shape, generator=g) * 2 - 1
+    inside = torch.randint(-eps, eps + 1, images.shape, generator=g)
+    delta = torch.where(torch.rand(images.shape, generator=g) < share, sign * eps, inside)
+    return (images.int() + delta).clamp(0, 255).to(torch.uint8)
+
+
+def test_bound_test_finds_a_hard_bounded_perturbation_and_not_natural_noise():
+    ds = _flat_objects()
+    assert bound_test(ds.images, ds.labels, 3)["score"] == 0.0
+    poisoned = bound_test(_signs(ds.images, 8, 0.5), ds.labels, 3)
+    assert poisoned["bound"] == 8 and poisoned["score"] > 10 * BOUND_THRESHOLD
+    assert (poisoned["per_class"] > BOUND_THRESHOLD).all()
+    assert bound_test(_signs(ds.images, 6, 0.5), ds.labels, 3)["bound"] == 6
+    # natural noise, however strong, decays from 0 on: no spike
+    g = torch.Generator().manual_seed(2)
+    for sigma in (2.0, 5.0):
+        noisy = (ds.images.float() + torch.randn(ds.images.shape, generator=g) * sigma).round().clamp(0, 255)
+        assert bound_test(noisy.to(torch.uint8), ds.labels, 3)["score"] <= BOUND_THRESHOLD / 10
+    # exactly +-eps and nothing between looks like data stored in coarse steps: not flagged
+    coarse = (ds.images.int() + (torch.randint(0, 2, ds.images.shape, generator=g) * 2 - 1) * 8).clamp(0, 255)
+    assert bound_test(coarse.to(torch.uint8), ds.labels, 3)["score"] == 0.0
+    # a few pixels at a deviation are counting noise, not a bound
+    few = ds.images.clone()
+    few[:5, 0, 0, 0] = 7
+    few[5:12, 0, 0, 1] = torch.arange(1, 8, dtype=torch.uint8)
+    assert bound_test(few, ds.labels, 3)["score"] == 0.0
+
+
+def test_detect_flags_a_sample_wise_bounded_poison_and_ranks_its_images(one_thread):
+    ds = _flat_objects()
+    assert detect(ds, **FAST).verdict == "clean"
+    half = torch.arange(len(ds)) % 2 == 1
+    images = torch.where(half[:, None, None, None], _signs(ds.images, 8, 0.5), ds.images)
+    result = detect(ds.with_images(images), **FAST)
+    bound = result.evidence["tests"]["bound"]
+    assert result.verdict == "poisoned" and bound["flagged"] and bound["bound"] == 8
+    assert result.score == pytest.approx(max(result.evidence["tests"]["fit_speed"]["score"] / THRESHOLD,
+                                             bound["score"] / BOUND_THRESHOLD))
+    assert roc_auc_score(half.int().numpy(), result.per_sample.numpy()) > 0.95
+    with pytest.raises(UserError, match="bound_threshold must be a positive"):
+        detect(ds, bound_threshold=0.0)
+
+
 def test_reference_copy_removes_one_pixel_and_keeps_shape():
     ds = toy_dataset(n=8, size=16)
     x = ds.images.clone()
@@ -214,7 +285,8 @@ def test_cli_json_fields_and_exit_codes(clean, tmp_path, capsys, one_thread):
     _sp(clean).save(path)
     assert main(["detect", "--poison", str(path), "--json", "--subsample", "400"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["verdict"] == "poisoned" and out["score"] > out["threshold"] == THRESHOLD
+    assert out["verdict"] == "poisoned" and out["score"] > out["threshold"] == 1.0
+    assert out["evidence"]["tests"]["fit_speed"]["threshold"] == THRESHOLD
     assert {"linear", "network", "acm_epoch1"} <= set(out["evidence"])
     wrong = tmp_path / "wrong.pt"
     torch.save({"x": torch.zeros(3)}, wrong)

@@ -9,9 +9,10 @@ import json
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "detect", help="tell whether a training set is poisoned (unlearnable) before training on it",
-        description="Compares how fast a linear model and a small network fit the training set with "
-                    "how fast they fit a copy whose small perturbations are destroyed, and reads the "
-                    "early-epoch ACM (docs/detect.md). Prints the verdict, the score and the threshold "
+        description="Two tests (docs/detect.md): how fast a linear model fits the training set compared "
+                    "with a copy whose small perturbations are destroyed (with a small network and the "
+                    "early-epoch ACM as evidence), and whether the pixels of flat regions pile up at a hard "
+                    "bound, as an L_inf-bounded perturbation leaves them. Prints the verdict, the score and the threshold "
                     "that gives it, the evidence and the most suspicious classes. The exit status is 0 "
                     "for either verdict (2 only for bad input).")
     src = p.add_mutually_exclusive_group(required=True)
@@ -64,8 +65,15 @@ def run(args: argparse.Namespace) -> int:
 
 def format_text(d) -> str:
     e = d.evidence
-    lines = [f"verdict: {d.verdict} (score {d.score:.2f} {'>' if d.poisoned else '<='} threshold {d.threshold:.2f}; "
-             f"{d.settings['subsample']} of {len(d.per_sample)} images, {d.seconds:.1f} s)"]
+    lines = [f"verdict: {d.verdict} (score {d.score:.2f} {'>' if d.poisoned else '<='} threshold {d.threshold:.2f}, "
+             f"the larger test score in units of its threshold; {d.settings['subsample']} of {len(d.per_sample)} "
+             f"images, {d.seconds:.1f} s)"]
+    fit, bound = e["tests"]["fit_speed"], e["tests"]["bound"]
+    lines.append(f"  fit-speed test: {fit['score']:+.2f} points vs threshold {fit['threshold']:.1f}"
+                 f"{' (flagged)' if fit['flagged'] else ''}")
+    at = f" at {bound['bound']}/255" if bound["bound"] else ""
+    lines.append(f"  bound test: {bound['score']:.2f}% of flat pixels in a spike{at} vs threshold "
+                 f"{bound['threshold']:.1f}{' (flagged)' if bound['flagged'] else ''}")
     for probe in ("linear", "network"):
         p = e[probe]
         lines.append(f"  {probe} fit speed: {p['raw_fit']:.1f} on the data vs {p['reference_fit']:.1f} on the "
@@ -74,6 +82,6 @@ def format_text(d) -> str:
         a = e["acm_epoch1"]
         lines.append(f"  ACM after epoch 1: {a['raw']:.3f} vs {a['reference']:.3f} on the reference ({a['ratio']:.2f}x)")
     top = sorted(d.per_class.items(), key=lambda kv: -kv[1])[:3]
-    lines.append("  most suspicious classes: " + ", ".join(f"{name} {v:+.1f}" for name, v in top))
+    lines.append("  most suspicious classes (score in thresholds): " + ", ".join(f"{name} {v:.2f}" for name, v in top))
     lines.append(f"  reference copy: {d.settings['reference']}")
     return "\n".join(lines)
