@@ -82,6 +82,6 @@ def format_text(d) -> str:
         a = e["acm_epoch1"]
         lines.append(f"  ACM after epoch 1: {a['raw']:.3f} vs {a['reference']:.3f} on the reference ({a['ratio']:.2f}x)")
     top = sorted(d.per_class.items(), key=lambda kv: -kv[1])[:3]
-    lines.append("  most suspicious classes (score in thresholds): " + ", ".join(f"{name} {v:.2f}" for name, v in top))
+    lines.append("  most suspicious classes (in thresholds, per class: not a verdict): " + ", ".join(f"{name} {v:.2f}" for name, v in top))
     lines.append(f"  reference copy: {d.settings['reference']}")
     return "\n".join(lines)
