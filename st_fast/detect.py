@@ -96,6 +96,12 @@ def _summary(x: torch.Tensor) -> dict:
 # ---------------------------------------------------------------------------- the reference copy
 
 
+def _window(x: torch.Tensor, k: int) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, H, W, k*k): each pixel's k x k neighbourhood (edges replicated)."""
+    w = F.pad(x, (k // 2,) * 4, mode="replicate").unfold(2, k, 1).unfold(3, k, 1)
+    return w.reshape(*w.shape[:4], k * k)
+
+
 def destroy_small_perturbations(images: torch.Tensor, levels: int = DEFAULTS["levels"],
                                 chunk: int = 4096) -> torch.Tensor:
     """uint8 (N, C, H, W) -> the same images with small perturbations destroyed: a 3x3 median
@@ -109,8 +115,7 @@ def destroy_small_perturbations(images: torch.Tensor, levels: int = DEFAULTS["le
     for i in range(0, len(images), chunk):   # the 3x3 windows of all images at once would be 9x the set
         x = images[i:i + chunk].float()
         if median:
-            windows = F.pad(x, (1, 1, 1, 1), mode="replicate").unfold(2, 3, 1).unfold(3, 3, 1)
-            x = windows.reshape(*windows.shape[:4], 9).median(-1).values
+            x = _window(x, 3).median(-1).values
         out[i:i + chunk] = (x / step).round().mul(step).round().clamp(0, 255).to(torch.uint8)
     return out
 
@@ -118,22 +123,19 @@ def destroy_small_perturbations(images: torch.Tensor, levels: int = DEFAULTS["le
 # ---------------------------------------------------------------------------- the bound test
 
 
-def _window(x: torch.Tensor, k: int) -> torch.Tensor:
-    """(N, C, H, W) -> (N, C, H, W, k*k): each pixel's k x k neighbourhood (edges replicated)."""
-    w = F.pad(x, (k // 2,) * 4, mode="replicate").unfold(2, k, 1).unfold(3, k, 1)
-    return w.reshape(*w.shape[:4], k * k)
-
-
-def flat_deviations(images: torch.Tensor, levels: int = DEFAULTS["levels"], chunk: int = 2048):
+def flat_deviations(images: torch.Tensor, levels: int = DEFAULTS["levels"], chunk: int = 2048,
+                    reference: torch.Tensor | None = None):
     """uint8 (N, C, H, W) -> (flat mask, |deviation|) of the same shape: a pixel is flat where the
     reference copy is constant over its FLAT_WINDOW neighbourhood (the content has no edge or
     texture there, and the reference copy does not see perturbations of a few grey levels), and
-    its deviation is its distance in grey levels from the median of that neighbourhood."""
+    its deviation is its distance in grey levels from the median of that neighbourhood.
+    ``reference``: the images' ``destroy_small_perturbations`` copy when the caller has it."""
     flat = torch.empty(images.shape, dtype=torch.bool)
     dev = torch.zeros(images.shape, dtype=torch.int16)
     for i in range(0, len(images), chunk):
         x = images[i:i + chunk]
-        ref = _window(destroy_small_perturbations(x, levels), FLAT_WINDOW)
+        ref = reference[i:i + chunk] if reference is not None else destroy_small_perturbations(x, levels)
+        ref = _window(ref, FLAT_WINDOW)
         f = flat[i:i + chunk] = ref.amax(-1) == ref.amin(-1)
         # the median only where it is read: the flat pixels (about 40% of Fashion-MNIST's)
         level = _window(x.to(torch.int16), FLAT_WINDOW)[f].median(-1).values
@@ -156,7 +158,7 @@ def _spikes(counts: torch.Tensor, flat_pixels: int) -> torch.Tensor:
 
 
 def bound_test(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
-               levels: int = DEFAULTS["levels"]) -> dict:
+               levels: int = DEFAULTS["levels"], reference: torch.Tensor | None = None) -> dict:
     """Was a perturbation with a hard L_inf bound added to these images? Such a poison (EM, TAP,
     REM, class-wise EM, SP: every sign-gradient attack at 8/255) pushes pixels by up to eps and
     piles them up at eps: where the content is flat, the deviations from the local level then
@@ -164,11 +166,12 @@ def bound_test(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
     naturally noisy dataset's too: the test looks for the spike, not for noise. Returns the
     score (% of flat pixels in the spike, counting noise subtracted), the bound in grey levels
     (0: none), the share of flat pixels, the deviations' histogram (% of flat pixels at
-    0..BOUND_MAX) and the per-class scores at that bound."""
-    flat, dev = flat_deviations(images, levels)
+    0..BOUND_MAX) and the per-class scores at that bound. ``reference``: as ``flat_deviations``."""
+    flat, dev = flat_deviations(images, levels, reference=reference)
     d = dev.clamp(max=BOUND_MAX + 2).long()
+    flat_pixels = int(flat.sum())
     counts = torch.bincount(d[flat], minlength=BOUND_MAX + 3)
-    spikes = _spikes(counts, int(flat.sum()))
+    spikes = _spikes(counts, flat_pixels)
     bound = int(spikes.argmax()) if float(spikes.max()) > 0 else 0
     per_class = torch.zeros(num_classes, dtype=torch.float64)
     if bound:
@@ -177,7 +180,7 @@ def bound_test(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
             fc = flat[member]
             per_class[c] = _spikes(torch.bincount(d[member][fc], minlength=BOUND_MAX + 3), int(fc.sum()))[bound]
     return {"score": float(spikes.max()), "bound": bound, "flat_share": float(flat.float().mean()),
-            "deviation_histogram": [round(100 * float(v) / max(int(flat.sum()), 1), 3) for v in counts[:BOUND_MAX + 1]],
+            "deviation_histogram": [round(100 * float(v) / max(flat_pixels, 1), 3) for v in counts[:BOUND_MAX + 1]],
             "per_class": per_class}
 
 
@@ -397,7 +400,7 @@ def detect(train_set, *, subsample: int = DEFAULTS["subsample"], linear_epochs: 
         a_ref = _acm(probes["reference"]["network"].early_features, labels, seed)
         evidence["acm_epoch1"] = {"raw": a_raw, "reference": a_ref, "ratio": a_raw / a_ref}
     # on the probes' subsample (seconds); each image's view only when the test flags the set
-    bound = bound_test(raw.images, raw.labels, k, levels)
+    bound = bound_test(raw.images, raw.labels, k, levels, reference=ref.images)
     bound_flagged = bound["score"] > bound_threshold
     bound_view = bound_image_shares(ds.images, bound["bound"], levels) if bound_flagged else None
     evidence["tests"] = {
