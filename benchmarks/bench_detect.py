@@ -9,7 +9,8 @@ poison re-crafted at r). Clean sets: the same images unpoisoned, plus ``--clean-
 other seeded subsets of the same size. ``detect`` runs with its defaults on each (its threshold
 was fixed on clean data before any of this; docs/detect.md). Since 2026-12-03 the score is in
 units of the thresholds (the larger of the fit-speed test's gap / 4.0 and the bound test's
-score / 0.5); both tests' own figures are rows too.
+score / 0.5; since 2026-12-06 also the held-out test's points / 8.0); each test's own figures
+are rows too.
 
 Rows: per set, score, verdict (1 = flagged), seconds, per-sample AUROC (partial ratios: do the
 poisoned images score higher than the clean ones?); per attack and ratio, the AUROC over
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
         tests = d.evidence["tests"]
         figures = {"score": round(d.score, 3), "flagged": int(d.poisoned),
                    "fit-speed gap": round(tests["fit_speed"]["score"], 3), "bound": round(tests["bound"]["score"], 3),
-                   "seconds": round(seconds, 1)}
+                   "held-out": round(tests["held_out"]["score"], 2), "seconds": round(seconds, 1)}
         if truth is not None:
             figures["per-sample AUROC"] = round(float(roc_auc_score(truth.numpy(), d.per_sample.numpy())), 4)
         run.add_table(setting, {name: figures})

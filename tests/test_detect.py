@@ -15,16 +15,19 @@ from st_fast.cli import main
 from st_fast.data import ImageDataset
 from st_fast.detect import (
     BOUND_THRESHOLD,
+    HELD_OUT,
+    HELD_OUT_THRESHOLD,
     THRESHOLD,
     bound_test,
     destroy_small_perturbations,
     detect,
+    held_out_test,
 )
 from st_fast.errors import UserError
 
 from .helpers import toy_dataset
 
-FAST = dict(subsample=400, linear_epochs=4, network_epochs=1, acm=False)
+FAST = dict(subsample=400, linear_epochs=4, network_epochs=1, acm=False, held_out=False)
 
 
 def _digits(n=400):
@@ -293,3 +296,46 @@ def test_cli_json_fields_and_exit_codes(clean, tmp_path, capsys, one_thread):
     assert main(["detect", "--poison", str(wrong)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not an st_fast poisoned-set file" in err[0]
+
+
+def _class_stripes(n=1000, size=12, eps=16, periods=(1, 2, 4), seed=0):
+    """Content that says nothing about the label (random blocks of two of the reference copy's grey
+    levels, so the reference copy of the clean set is the set itself) and a perturbation that points to the
+    class and survives crop and flip: +-eps horizontal stripes of a period per class (none for the
+    last). eps 16 is under half a grey level (18.2), so the reference copy removes it exactly."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 4
+    blocks = torch.randint(3, 5, (n, 1, size // 4, size // 4), generator=g).float()
+    images = (F.interpolate(blocks, size=size, mode="nearest") * (255 / 7)).round()
+    rows = torch.arange(size)[:, None].expand(size, size)
+    stripes = torch.stack([(-1.0) ** (rows // p) for p in periods] + [torch.zeros(size, size)])[:, None]
+
+    def own_statistics(x):   # normalised as detect normalises: by the set's own mean and std
+        return ImageDataset(x.to(torch.uint8), labels, list("abcd"), ((x / 255).mean().item(),),
+                            ((x / 255).std().item(),), name="blocks")
+    return own_statistics(images), own_statistics((images + eps * stripes[labels]).clamp(0, 255))
+
+
+def test_held_out_test_sees_a_generalising_shortcut_and_not_clean_content(one_thread):
+    clean, poisoned = _class_stripes()
+    # the documented recipe: the studies' NT (small-resnet, 5 epochs, batch 128) on 3,000 images
+    assert HELD_OUT == {"arch": "small-resnet", "train": 3000, "held_out": 2000, "epochs": 5, "batch_size": 128}
+    # 600 training images at batch 128 would be 20 steps: the tiny set takes batch 32
+    on_clean, on_poison = held_out_test(clean, batch_size=32), held_out_test(poisoned, batch_size=32)
+    assert (on_clean["train_images"], on_clean["held_out_images"]) == (600, 400)    # 60% / 40% of a small set
+    # the clean set is its own reference copy: the same training twice, the same accuracy
+    assert on_clean["score"] == 0.0 and on_clean["raw_accuracy"] == on_clean["reference_accuracy"]
+    # the raw copy's model reads the stripes on images it never saw; the reference copy has none
+    assert on_poison["score"] > 3 * HELD_OUT_THRESHOLD and on_poison["raw_accuracy"] > 0.8
+    assert abs(on_poison["reference_accuracy"] - 0.25) < 0.06 and abs(on_clean["reference_accuracy"] - 0.25) < 0.06
+    assert on_poison["per_class"].shape == (4,) and on_poison["per_class"].max() > 50
+    assert held_out_test(poisoned, batch_size=32)["score"] == on_poison["score"]   # seeded
+    result = detect(poisoned, **{**FAST, "held_out": True})   # detect runs the documented recipe
+    tests = result.evidence["tests"]
+    recipe = held_out_test(poisoned)
+    assert tests["held_out"]["score"] == recipe["score"] and tests["held_out"]["threshold"] == HELD_OUT_THRESHOLD
+    assert tests["held_out"]["flagged"] == (recipe["score"] > HELD_OUT_THRESHOLD) and result.verdict == "poisoned"
+    assert result.score == pytest.approx(max(tests["fit_speed"]["score"] / THRESHOLD, tests["bound"]["score"] / BOUND_THRESHOLD,
+                                             tests["held_out"]["score"] / HELD_OUT_THRESHOLD))
+    with pytest.raises(UserError, match="held_out_threshold must be a positive"):
+        detect(clean, held_out_threshold=float("nan"))
