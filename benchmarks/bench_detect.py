@@ -54,7 +54,8 @@ def main(argv=None) -> int:
     args = parse_args(p, argv)
     for path in args.poisons:
         if not path.is_file():
-            sys.exit(f"bench_detect: {path}: no such poisoned-set file")
+            print(f"bench_detect: {path}: no such poisoned-set file; pass files written by st-fast poison", file=sys.stderr)
+            return 2
     run = Run("detect", "cpu", argv=argv)
     clean = load_dataset(args.dataset, "train")
     cfg = TrainConfig(dataset=args.dataset, train_subset=args.train_subset, val_size=args.val_size, seed=args.seed)

