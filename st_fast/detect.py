@@ -275,7 +275,9 @@ class NetworkProbe:
 
         cfg = TrainConfig(dataset=ds.name, epochs=epochs, batch_size=64, lr=0.05, seed=seed, device=str(device),
                           crop_padding=0, flip=False, optimizer="torch", amp="off")
-        model = small_network(ds.channels, ds.num_classes, ds.mean, ds.std)
+        with torch.random.fork_rng():   # the weights from the seed, not from the caller's random state
+            torch.manual_seed(seed)
+            model = small_network(ds.channels, ds.num_classes, ds.mean, ds.std)
         self.trainer = trainer = Trainer(cfg, None, ds, None, run_dir=None, progress=False, model=model)
         k = ds.num_classes
         self.curve, self.class_curve, self.early_features = [], [], None

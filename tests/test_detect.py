@@ -64,6 +64,13 @@ def test_flags_sp_and_passes_clean(clean, one_thread):
     assert set(sp_result.per_class) == {str(i) for i in range(10)}   # a PoisonedSet names classes by label
 
 
+def test_evidence_does_not_depend_on_the_callers_random_state(clean, one_thread):
+    first = detect(clean, **FAST)
+    torch.rand(7)   # a caller that draws random numbers between two calls
+    second = detect(clean, **FAST)
+    assert first.evidence["network"] == second.evidence["network"] and first.score == second.score
+
+
 def test_per_sample_ranks_poisoned_first(clean, one_thread):
     half = _sp(clean, 0.5)
     truth = torch.zeros(len(half))
