@@ -168,6 +168,12 @@ def test_progress_counts_and_eta(tmp_path, capsys):
     assert snap["failed_cells"] == {"d": "UserError: bad"} and snap["retried_cells"] == {"c": 2}
     assert snap["left"] == 1 and snap["eta_s"] == 10.0
     assert "3/5 done, 0 running, 1 failed, 1 left; ETA 10 s" in capsys.readouterr().err
+    # a retried attempt that finishes (or fails) before any poll saw it start still counts
+    p.retrying("e", "WorkerCrashedError: died")
+    p.finished("e", 5.0, attempt=2)
+    p.failed("d", "UserError: bad", attempt=3)
+    snap = json.loads((tmp_path / "progress.json").read_text())
+    assert snap["retried_cells"] == {"c": 2, "e": 2, "d": 3}
 
 
 def test_ray_imports_a_poison_file_and_trains_on_it_as_serial_did(matrix):

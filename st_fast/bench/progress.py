@@ -67,13 +67,19 @@ class Progress:
         self.errors[cell] = error
         self._changed()
 
-    def finished(self, cell: str, wall_s: float) -> None:
+    def finished(self, cell: str, wall_s: float, attempt: int | None = None) -> None:
+        """``attempt``: the try that finished, when the caller knows it (a retried attempt can
+        finish before anyone saw it start)."""
+        if attempt is not None:
+            self.attempts[cell] = max(self.attempts.get(cell, 0), attempt)
         self.state[cell] = "done"
         self.errors.pop(cell, None)
         self.times.append(float(wall_s))
         self._changed()
 
-    def failed(self, cell: str, error: str) -> None:
+    def failed(self, cell: str, error: str, attempt: int | None = None) -> None:
+        if attempt is not None:
+            self.attempts[cell] = max(self.attempts.get(cell, 0), attempt)
         self.state[cell] = "failed"
         self.errors[cell] = error
         self._changed()

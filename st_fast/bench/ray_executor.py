@@ -174,7 +174,7 @@ class _Driver:
                 for c in self.waiting.pop(key, []):
                     self.submit_cell(c)
             else:
-                self.tracker.finished(cell.id, value["wall_s"])
+                self.tracker.finished(cell.id, value["wall_s"], attempt)
                 self.report()
         self.look_for_started()
 
@@ -190,7 +190,7 @@ class _Driver:
                 self.submit_cell(cell)
             return
         if kind == "cell":
-            self.tracker.failed(cell.id, f"after {attempt} attempt(s): {text}")
+            self.tracker.failed(cell.id, f"after {attempt} attempt(s): {text}", attempt)
             return
         self.tracker.poison(key.stem, "failed")
         if key.stem in self.cfg.poison_files:   # a bad import stops the bench before training
