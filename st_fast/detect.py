@@ -73,8 +73,8 @@ DEFAULTS = {"subsample": 2000, "linear_epochs": 4, "network_epochs": 2, "acm_per
 @dataclass
 class Detection:
     """What ``detect`` found. ``score`` and ``per_class`` are in units of the tests' thresholds
-    (the larger of the two tests'); ``evidence["tests"]`` holds each test's own score (fit speed:
-    accuracy points over the reference; bound: % of flat pixels) and threshold."""
+    (the largest over the tests); ``evidence["tests"]`` holds each test's own score (fit speed and
+    held-out: accuracy points over the reference; bound: % of flat pixels) and threshold."""
 
     verdict: str                      # "poisoned" or "clean"
     score: float
@@ -351,6 +351,12 @@ def held_out_test(ds, seed: int = DEFAULTS["seed"], device="cpu", levels: int = 
 # ---------------------------------------------------------------------------- detect
 
 
+def _class_names() -> dict[str, list[str]]:
+    from .data.sources import CIFAR10_CLASSES, FASHION_MNIST_CLASSES
+
+    return {"fashion-mnist": FASHION_MNIST_CLASSES, "cifar10": CIFAR10_CLASSES}
+
+
 def _as_dataset(train_set):
     """An ImageDataset with labels 0..K-1 (PoisonedSet and ImageDataset accepted); checked."""
     from .data import ImageDataset, PoisonedSet
@@ -361,7 +367,7 @@ def _as_dataset(train_set):
         if subset is not None:   # a poison made for a subset: what a run trains on is that subset
             idx = torch.as_tensor(subset, dtype=torch.long)
             images, labels = images[idx], labels[idx]
-        classes = None
+        classes = _class_names().get(name)   # a poisoned-set file keeps its dataset's name, not its class names
     elif isinstance(train_set, ImageDataset):
         images, labels, name, classes = train_set.images, train_set.labels, train_set.name, list(train_set.classes)
     else:
@@ -465,7 +471,7 @@ def detect(train_set, *, subsample: int = DEFAULTS["subsample"], linear_epochs: 
         "bound": {"score": bound["score"], "threshold": float(bound_threshold), "flagged": bound_flagged,
                   "bound": bound["bound"], "flat_share": bound["flat_share"],
                   "deviation_histogram": bound["deviation_histogram"]}}
-    # one score for the verdict: each test's score in units of its own threshold, the larger
+    # one score for the verdict: each test's score in units of its own threshold, the largest
     score = max(evidence["linear"]["gap"] / threshold, bound["score"] / bound_threshold)
     per_class_scores = torch.maximum(class_gaps[0].double() / threshold, bound["per_class"] / bound_threshold)
     if held_out:

@@ -346,3 +346,15 @@ def test_held_out_test_sees_a_generalising_shortcut_and_not_clean_content(one_th
                                              tests["held_out"]["score"] / HELD_OUT_THRESHOLD))
     with pytest.raises(UserError, match="held_out_threshold must be a positive"):
         detect(clean, held_out_threshold=float("nan"))
+
+
+def test_a_poisoned_set_file_reports_its_datasets_class_names():
+    from st_fast.data import PoisonedSet
+    from st_fast.detect import _as_dataset
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (40, 1, 28, 28), dtype=torch.uint8, generator=g)
+    ps = PoisonedSet(images, torch.arange(40) % 10, torch.arange(40), {"dataset": "fashion-mnist"})
+    assert _as_dataset(ps).classes[:2] == ["T-shirt/top", "Trouser"]
+    unknown = PoisonedSet(images, torch.arange(40) % 10, torch.arange(40), {"dataset": "my-set"})
+    assert _as_dataset(unknown).classes[:2] == ["0", "1"]

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 def format_text(d) -> str:
     e = d.evidence
     lines = [f"verdict: {d.verdict} (score {d.score:.2f} {'>' if d.poisoned else '<='} threshold {d.threshold:.2f}, "
-             f"the larger test score in units of its threshold; {d.settings['subsample']} of {len(d.per_sample)} "
+             f"the largest test score in units of its threshold; {d.settings['subsample']} of {len(d.per_sample)} "
              f"images, {d.seconds:.1f} s)"]
     fit, bound = e["tests"]["fit_speed"], e["tests"]["bound"]
     lines.append(f"  fit-speed test: {fit['score']:+.2f} points vs threshold {fit['threshold']:.1f}"
