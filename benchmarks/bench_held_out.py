@@ -35,14 +35,13 @@ def _dataset(images: torch.Tensor, labels: torch.Tensor, name: str) -> ImageData
 
 def clean_sets(args):
     fmnist = load_dataset("fashion-mnist", "train")
-    for seed in args.subset_seeds:
-        idx = torch.randperm(len(fmnist), generator=torch.Generator().manual_seed(seed))[: args.size]
-        yield f"fashion-mnist, subset seed {seed}", fmnist.subset(idx)
-    idx = torch.randperm(len(fmnist), generator=torch.Generator().manual_seed(args.subset_seeds[0]))[: args.size]
-    noise = torch.randn(fmnist.images[idx].shape, generator=torch.Generator().manual_seed(0)) * args.noise_std
-    noisy = (fmnist.images[idx].float() + noise).round().clamp(0, 255).to(torch.uint8)
-    yield f"fashion-mnist, subset seed {args.subset_seeds[0]} + Gaussian noise std {args.noise_std:g}", \
-        fmnist.subset(idx).with_images(noisy)
+    subsets = {seed: fmnist.subset(torch.randperm(len(fmnist), generator=torch.Generator().manual_seed(seed))[: args.size])
+               for seed in args.subset_seeds}
+    yield from ((f"fashion-mnist, subset seed {seed}", part) for seed, part in subsets.items())
+    first = args.subset_seeds[0]
+    noise = torch.randn(subsets[first].images.shape, generator=torch.Generator().manual_seed(0)) * args.noise_std
+    noisy = (subsets[first].images.float() + noise).round().clamp(0, 255).to(torch.uint8)
+    yield f"fashion-mnist, subset seed {first} + Gaussian noise std {args.noise_std:g}", subsets[first].with_images(noisy)
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -85,9 +84,9 @@ def main(argv=None) -> int:
         measure(name, ds)
     if args.poisons:
         clean = load_dataset("fashion-mnist", "train")
+        cfg = TrainConfig(dataset="fashion-mnist", train_subset=args.size, val_size=20, seed=0)
         for path in args.poisons:
             ps = load_poison(path, dataset=clean)
-            cfg = TrainConfig(dataset="fashion-mnist", train_subset=args.size, val_size=20, seed=0)
             idx, _ = training_indices(cfg, clean, ps.meta.get("subset"))
             measure(f"development {ps.meta.get('attack', path.stem)} ({path.name})",
                     clean.subset(idx).with_images(ps.images[idx]))

@@ -68,21 +68,23 @@ class Progress:
         self._changed()
 
     def finished(self, cell: str, wall_s: float, attempt: int | None = None) -> None:
-        """``attempt``: the try that finished, when the caller knows it (a retried attempt can
-        finish before anyone saw it start)."""
-        if attempt is not None:
-            self.attempts[cell] = max(self.attempts.get(cell, 0), attempt)
+        self._saw_attempt(cell, attempt)
         self.state[cell] = "done"
         self.errors.pop(cell, None)
         self.times.append(float(wall_s))
         self._changed()
 
     def failed(self, cell: str, error: str, attempt: int | None = None) -> None:
-        if attempt is not None:
-            self.attempts[cell] = max(self.attempts.get(cell, 0), attempt)
+        self._saw_attempt(cell, attempt)
         self.state[cell] = "failed"
         self.errors[cell] = error
         self._changed()
+
+    def _saw_attempt(self, cell: str, attempt: int | None) -> None:
+        """The try that ended, when the caller knows it: a retried attempt can finish before any
+        poll saw it start."""
+        if attempt is not None:
+            self.attempts[cell] = max(self.attempts.get(cell, 0), attempt)
 
     def poison(self, name: str, state: str) -> None:
         self.poisons[name] = state
